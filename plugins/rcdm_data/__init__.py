@@ -1,0 +1,1 @@
+"""First-party rcdm plugin rcdm_data (registered through the rcdm entry-point group)."""

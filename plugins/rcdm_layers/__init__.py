@@ -1,0 +1,1 @@
+"""First-party rcdm plugin rcdm_layers (registered through the rcdm entry-point group)."""
