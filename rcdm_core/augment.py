@@ -104,10 +104,9 @@ def gaussian_blur(
     pixels: torch.Tensor, generator: torch.Generator | None = None, sigma: tuple[float, float] = (0.1, 2.0),
     strength: float = 1.0,
 ) -> torch.Tensor:
-    """Per-sample Gaussian blur, sigma drawn in ``sigma`` (in pixels at 224; scaled to the image size)."""
-    n, _, h, w = pixels.shape
-    scale = min(h, w) / 224.0
-    sigmas = _uniform(n, sigma[0], sigma[1], generator) * strength * max(scale, 1e-3) * 1.0
+    """Per-sample Gaussian blur, sigma (in pixels of the image as given) drawn uniformly in ``sigma`` x strength."""
+    n = pixels.shape[0]
+    sigmas = _uniform(n, sigma[0], sigma[1], generator) * strength
     out = torch.empty_like(pixels)
     for i in range(n):
         out[i] = blur_fixed(pixels[i : i + 1], float(sigmas[i]))[0]
