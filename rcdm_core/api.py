@@ -81,7 +81,9 @@ def load_denoiser(
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as exc:
-            raise CheckpointError(f"{path}: does not match the denoiser built from its flags: {exc}") from None
+            raise CheckpointError(
+                f"{path}: does not match the denoiser built from its flags: {exc}"
+            ) from None
     model.sidecar = sidecar
     model.source = str(path)
     return model.to(device).eval()

@@ -8,7 +8,8 @@ given strength; :class:`SSLAugment` is the random recipe (SimCLR/BYOL style) use
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +32,9 @@ def rgb_to_hsv(pixels: torch.Tensor) -> torch.Tensor:
     mn, _ = pixels.min(1)
     delta = mx - mn
     safe = torch.where(delta > 0, delta, torch.ones_like(delta))
-    h = torch.where(mx == r, ((g - b) / safe) % 6, torch.where(mx == g, (b - r) / safe + 2, (r - g) / safe + 4))
+    h = torch.where(
+        mx == r, ((g - b) / safe) % 6, torch.where(mx == g, (b - r) / safe + 2, (r - g) / safe + 4)
+    )
     h = torch.where(delta > 0, h / 6.0, torch.zeros_like(h)) % 1.0
     s = torch.where(mx > 0, delta / mx.clamp_min(1e-12), torch.zeros_like(mx))
     return torch.stack([h, s, mx], 1)
@@ -101,7 +104,9 @@ def hue_shift(pixels: torch.Tensor, shift: float) -> torch.Tensor:
 
 
 def gaussian_blur(
-    pixels: torch.Tensor, generator: torch.Generator | None = None, sigma: tuple[float, float] = (0.1, 2.0),
+    pixels: torch.Tensor,
+    generator: torch.Generator | None = None,
+    sigma: tuple[float, float] = (0.1, 2.0),
     strength: float = 1.0,
 ) -> torch.Tensor:
     """Per-sample Gaussian blur, sigma (in pixels of the image as given) drawn uniformly in ``sigma`` x strength."""
@@ -129,7 +134,9 @@ def blur_fixed(pixels: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
 
-def solarize(pixels: torch.Tensor, generator: torch.Generator | None = None, threshold: float = 0.5) -> torch.Tensor:
+def solarize(
+    pixels: torch.Tensor, generator: torch.Generator | None = None, threshold: float = 0.5
+) -> torch.Tensor:
     return torch.where(pixels >= threshold, 1.0 - pixels, pixels)
 
 
@@ -153,8 +160,11 @@ def crop_box(
 
 
 def random_resized_crop(
-    pixels: torch.Tensor, generator: torch.Generator | None = None, scale: tuple[float, float] = (0.08, 1.0),
-    ratio: tuple[float, float] = (3 / 4, 4 / 3), size: int | None = None,
+    pixels: torch.Tensor,
+    generator: torch.Generator | None = None,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    size: int | None = None,
 ) -> torch.Tensor:
     """Per-sample random crop of area fraction in ``scale``, resized back to ``size`` (default: input size)."""
     n, _, h, w = pixels.shape
@@ -184,7 +194,9 @@ AUGMENTATIONS: dict[str, Callable[..., torch.Tensor]] = {
 }
 
 
-def apply(name: str, pixels: torch.Tensor, generator: torch.Generator | None = None, **params: Any) -> torch.Tensor:
+def apply(
+    name: str, pixels: torch.Tensor, generator: torch.Generator | None = None, **params: Any
+) -> torch.Tensor:
     """Apply the named augmentation with probability 1; unknown names raise an error listing the known ones."""
     if name not in AUGMENTATIONS:
         raise ConfigError(f"unknown augmentation {name!r}; known: {', '.join(AUGMENTATIONS)}")
@@ -212,7 +224,13 @@ class SSLAugment:
     ):
         self.size = size
         self.crop_scale = crop_scale
-        self.p = {"flip": p_flip, "color_jitter": p_jitter, "grayscale": p_gray, "blur": p_blur, "solarize": p_solarize}
+        self.p = {
+            "flip": p_flip,
+            "color_jitter": p_jitter,
+            "grayscale": p_gray,
+            "blur": p_blur,
+            "solarize": p_solarize,
+        }
         self.jitter = dict(zip(("brightness", "contrast", "saturation", "hue"), jitter))
 
     def __call__(self, pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -229,5 +247,7 @@ class SSLAugment:
             x[mask] = apply(name, x[mask], generator, **params)
         return x
 
-    def views(self, pixels: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def views(
+        self, pixels: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return self(pixels, generator), self(pixels, generator)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from .errors import ConfigError, RcdmError
 
@@ -37,18 +37,30 @@ def _check_retired(argv: Sequence[str]) -> None:
     for tok in argv:
         name = tok.partition("=")[0]
         if name in RETIRED_FLAGS:
-            raise ConfigError(f"option {name} (from the official scripts) has no meaning here: {RETIRED_FLAGS[name]}")
+            raise ConfigError(
+                f"option {name} (from the official scripts) has no meaning here: {RETIRED_FLAGS[name]}"
+            )
 
 
 def common_parent() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("common")
-    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run (default auto)")
+    g.add_argument(
+        "--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run (default auto)"
+    )
     g.add_argument("--seed", type=int, default=0, help="seed for every random draw (default 0)")
-    g.add_argument("--plugin", action="append", default=[], metavar="MODULE",
-                   help="import a research-code module holding @rc.hookimpl functions (repeatable)")
-    g.add_argument("--trust-checkpoint", action="store_true",
-                   help="allow checkpoints that need arbitrary code to unpickle (only for files you trust)")
+    g.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import a research-code module holding @rc.hookimpl functions (repeatable)",
+    )
+    g.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="allow checkpoints that need arbitrary code to unpickle (only for files you trust)",
+    )
     g.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return p
 
@@ -72,11 +84,19 @@ def build_parser(manager=None) -> argparse.ArgumentParser:
     records = list(core_commands())
     if manager is not None:
         manager.collect()
-        records += [r for name, r in sorted(manager.registry["command"].items()) if name not in {c.name for c in records}]
+        records += [
+            r
+            for name, r in sorted(manager.registry["command"].items())
+            if name not in {c.name for c in records}
+        ]
     for rec in records:
         epilog = f"example:\n  {rec.example}" if rec.example else None
         sp = sub.add_parser(
-            rec.name, help=rec.help, description=rec.description or rec.help, parents=[parent], epilog=epilog,
+            rec.name,
+            help=rec.help,
+            description=rec.description or rec.help,
+            parents=[parent],
+            epilog=epilog,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         rec.add_arguments(sp)

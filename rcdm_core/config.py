@@ -59,9 +59,21 @@ class RunConfig:
 TOP_KEYS = {f.name for f in attrs.fields(RunConfig)} - {"arms", "probe_options"} | {"arm", "probe"}
 
 _TYPES: dict[str, type] = {
-    "probes": list, "data": str, "reference": str, "sampler": str, "seed": int, "repeats": int, "n_images": int,
-    "n_samples": int, "batch_size": int, "device": str, "precision": str, "out": str, "plugins": list,
-    "trust_checkpoint": bool, "progress": bool,
+    "probes": list,
+    "data": str,
+    "reference": str,
+    "sampler": str,
+    "seed": int,
+    "repeats": int,
+    "n_images": int,
+    "n_samples": int,
+    "batch_size": int,
+    "device": str,
+    "precision": str,
+    "out": str,
+    "plugins": list,
+    "trust_checkpoint": bool,
+    "progress": bool,
 }
 
 
@@ -91,7 +103,9 @@ def build_config(raw: dict[str, Any], source: str = "config") -> RunConfig:
             if want is int and isinstance(value, str) and value.lstrip("-").isdigit():
                 value = int(value)
             else:
-                raise ConfigError(f"{source}: {key} must be {want.__name__}, got {type(value).__name__} {value!r}")
+                raise ConfigError(
+                    f"{source}: {key} must be {want.__name__}, got {type(value).__name__} {value!r}"
+                )
         kwargs[key] = value
     for key in ("repeats", "n_images", "n_samples", "batch_size"):
         if key in kwargs and kwargs[key] <= 0:
@@ -107,7 +121,9 @@ def build_config(raw: dict[str, Any], source: str = "config") -> RunConfig:
             raise ConfigError(f"{source}: [[arm]] entry {i} must be a table")
         bad = sorted(set(a) - ARM_KEYS)
         if bad:
-            raise ConfigError(f"{source}: [[arm]] {a.get('name', i)}: unknown key {bad[0]!r}; known: {', '.join(sorted(ARM_KEYS))}")
+            raise ConfigError(
+                f"{source}: [[arm]] {a.get('name', i)}: unknown key {bad[0]!r}; known: {', '.join(sorted(ARM_KEYS))}"
+            )
         if "encoder" not in a:
             raise ConfigError(f"{source}: [[arm]] {a.get('name', i)} needs an encoder")
         for k, v in a.items():
@@ -115,7 +131,9 @@ def build_config(raw: dict[str, Any], source: str = "config") -> RunConfig:
                 raise ConfigError(f"{source}: [[arm]] {a.get('name', i)}: {k} must be a string, got {v!r}")
         arm = Arm(**{"name": a.get("name") or f"arm{i}", **{k: v for k, v in a.items() if k != "name"}})
         if arm.input_norm not in ("own", "rcdm"):
-            raise ConfigError(f"{source}: [[arm]] {arm.name}: input_norm must be 'own' or 'rcdm', got {arm.input_norm!r}")
+            raise ConfigError(
+                f"{source}: [[arm]] {arm.name}: input_norm must be 'own' or 'rcdm', got {arm.input_norm!r}"
+            )
         arms.append(arm)
     names = [a.name for a in arms]
     if len(set(names)) != len(names):
@@ -141,7 +159,9 @@ def resolve_options(owner: str, declared: dict[str, Option], given: dict[str, An
             except (TypeError, ValueError) as exc:
                 raise ConfigError(f"{owner}: option {key}={given[key]!r} is not valid ({exc})") from None
         if opt.choices is not None and value not in opt.choices:
-            raise ConfigError(f"{owner}: option {key}={value!r}; choose one of {', '.join(map(str, opt.choices))}")
+            raise ConfigError(
+                f"{owner}: option {key}={value!r}; choose one of {', '.join(map(str, opt.choices))}"
+            )
         if opt.check is not None and key in given:
             msg = opt.check(value)
             if msg:

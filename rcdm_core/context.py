@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import attrs
 import torch
@@ -60,9 +61,13 @@ class ProbeContext:
 
     def require_reference(self, k: int = 1, probe: str = "this probe") -> torch.Tensor:
         if self.reference is None:
-            raise ConfigError(f"{probe} needs a reference set: pass --reference SRC (or reference = ... in the config)")
+            raise ConfigError(
+                f"{probe} needs a reference set: pass --reference SRC (or reference = ... in the config)"
+            )
         if len(self.reference) < k:
-            raise ConfigError(f"{probe} needs at least {k} reference images; --reference has {len(self.reference)}")
+            raise ConfigError(
+                f"{probe} needs at least {k} reference images; --reference has {len(self.reference)}"
+            )
         return self.reference
 
     def probe_dir(self, name: str) -> Path:
@@ -91,7 +96,9 @@ class ProbeContext:
         occlusion or interpolation with fixed noise).
         """
         if not torch.isfinite(cond).all():
-            raise RcdmError(f"arm {arm.name}: the representation holds NaN or inf values; cannot sample from it")
+            raise RcdmError(
+                f"arm {arm.name}: the representation holds NaN or inf values; cannot sample from it"
+            )
         if cond.shape[-1] != arm.denoiser.cond_dim:
             raise ConfigError(
                 f"arm {arm.name}: condition has dimension {cond.shape[-1]} but the denoiser expects "
@@ -105,7 +112,11 @@ class ProbeContext:
             xt = None if x_T is None else x_T[i : i + self.batch_size].to(self.device)
             with self.autocast():
                 x = self.sampler.sample(
-                    arm.denoiser, c, seed=seed, sample_ids=ids[i : i + self.batch_size], x_T=xt,
+                    arm.denoiser,
+                    c,
+                    seed=seed,
+                    sample_ids=ids[i : i + self.batch_size],
+                    x_T=xt,
                     progress=self.progress and len(cond) > 0,
                 )
             x = x.float()

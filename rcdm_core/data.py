@@ -31,7 +31,9 @@ def open_source(spec: str) -> DataSource:
     return src
 
 
-def load_images(spec: str, limit: int | None = None, size: int | None = None) -> tuple[list[str], torch.Tensor]:
+def load_images(
+    spec: str, limit: int | None = None, size: int | None = None
+) -> tuple[list[str], torch.Tensor]:
     """Read up to ``limit`` images -> (ids, pixels (N, 3, S, S)); each image short-side resized + centre
     cropped to ``size`` (default: the first image's short side). Unreadable files are warned about and counted.
     """
@@ -50,5 +52,7 @@ def load_images(spec: str, limit: int | None = None, size: int | None = None) ->
     if skipped:
         print(f"rcdm: warning: skipped {len(skipped)} unreadable file(s) in {spec}", file=sys.stderr)
     if not ids:
-        raise DataError(f"data source {spec!r} yielded no images" + (f" ({len(skipped)} unreadable)" if skipped else ""))
+        raise DataError(
+            f"data source {spec!r} yielded no images" + (f" ({len(skipped)} unreadable)" if skipped else "")
+        )
     return ids, torch.cat(tensors)

@@ -6,8 +6,8 @@ pixels: float (N, 3, H, W) in [0, 1]. model space: float in [-1, 1]. arrays: uin
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -40,7 +40,11 @@ def resize(pixels: torch.Tensor, size: int | tuple[int, int], mode: str = "bicub
     shrinking = size[0] < pixels.shape[-2] or size[1] < pixels.shape[-1]
     kwargs = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
     out = F.interpolate(
-        pixels.float(), size=size, mode=mode, antialias=shrinking and mode in ("bilinear", "bicubic"), **kwargs
+        pixels.float(),
+        size=size,
+        mode=mode,
+        antialias=shrinking and mode in ("bilinear", "bicubic"),
+        **kwargs,
     )
     lo, hi = float(pixels.min()), float(pixels.max())
     return out.clamp(min(lo, 0.0) if lo < 0 else 0.0, 1.0 if hi <= 1.0 else hi).to(pixels.dtype)

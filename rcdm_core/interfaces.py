@@ -7,7 +7,8 @@ Image convention across components: ``pixels`` are float tensors ``(N, 3, H, W)`
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -134,7 +135,10 @@ class Representation:
         was_training = self.encoder.module.training
         self.encoder.module.eval()
         try:
-            out = [self.encode_with_grad(pixels[i : i + batch_size]).float() for i in range(0, len(pixels), batch_size)]
+            out = [
+                self.encode_with_grad(pixels[i : i + batch_size]).float()
+                for i in range(0, len(pixels), batch_size)
+            ]
         finally:
             self.encoder.module.train(was_training)
         return torch.cat(out) if out else torch.zeros(0, self.dim)

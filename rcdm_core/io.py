@@ -11,8 +11,9 @@ import os
 import pickle
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -103,7 +104,9 @@ def sha256_file(path: str | Path, limit: int | None = None) -> str:
 _GLOBAL_RE = re.compile(r"GLOBAL ([\w.]+)|global '([\w.]+)'|Unsupported global: GLOBAL ([\w.]+)")
 
 
-def safe_load(path: str | Path, trust_checkpoint: bool = False, map_location: str | torch.device = "cpu") -> Any:
+def safe_load(
+    path: str | Path, trust_checkpoint: bool = False, map_location: str | torch.device = "cpu"
+) -> Any:
     """Load a checkpoint without running code from it.
 
     ``torch.load(weights_only=True)`` with only :data:`SAFE_GLOBALS` allowed; safetensors files are read with
@@ -126,7 +129,9 @@ def safe_load(path: str | Path, trust_checkpoint: bool = False, map_location: st
             raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
     if trust_checkpoint:
         try:
-            return torch.load(path, map_location=map_location, weights_only=False)  # user passed --trust-checkpoint
+            return torch.load(
+                path, map_location=map_location, weights_only=False
+            )  # user passed --trust-checkpoint
         except Exception as exc:
             raise CheckpointError(f"{path}: could not be read even with --trust-checkpoint ({exc})") from exc
     try:
@@ -157,7 +162,9 @@ def check_finite(state: dict[str, Any], path: str | Path) -> None:
     """Refuse NaN/inf weights, naming the first bad key."""
     for key, value in state.items():
         if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
-            raise CheckpointError(f"{path}: tensor {key!r} holds NaN or inf values; the checkpoint is corrupt")
+            raise CheckpointError(
+                f"{path}: tensor {key!r} holds NaN or inf values; the checkpoint is corrupt"
+            )
 
 
 def float_state(state: dict[str, Any], dtype: torch.dtype = torch.float32) -> dict[str, Any]:

@@ -7,7 +7,7 @@ the CPU (bitwise identical on every machine) and then moved to the requested dev
 from __future__ import annotations
 
 import hashlib
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -16,7 +16,9 @@ STEP_INIT = -1  # x_T
 
 
 def _key(seed: int, sample_id: int, step: int) -> int:
-    digest = hashlib.blake2b(f"rcdm:{int(seed)}:{int(sample_id)}:{int(step)}".encode(), digest_size=8).digest()
+    digest = hashlib.blake2b(
+        f"rcdm:{int(seed)}:{int(sample_id)}:{int(step)}".encode(), digest_size=8
+    ).digest()
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 

@@ -7,7 +7,8 @@ import importlib.metadata as md
 import os
 import sys
 import traceback
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import attrs
 import pluggy
@@ -33,6 +34,8 @@ class _CoreImpls:
     @pluggy.HookimplMarker("rcdm")(trylast=True)
     def rcdm_probe_call(self, probe_name, probe, ctx):
         return probe.run(ctx)
+
+
 FIRST_PARTY_DIST = "rcdm"
 
 # hook name -> (kind shown to users, record type)
@@ -87,11 +90,17 @@ class Manager:
 
     # ---- loading -------------------------------------------------------------------------------------------
     def register_module(
-        self, module: Any, name: str | None = None, distribution: str | None = None, version: str | None = None
+        self,
+        module: Any,
+        name: str | None = None,
+        distribution: str | None = None,
+        version: str | None = None,
     ) -> PluginInfo:
         """Register an imported module (or object) holding ``@hookimpl`` functions."""
         pname = name or getattr(module, "__name__", repr(module))
-        info = PluginInfo(name=pname, module=getattr(module, "__name__", pname), distribution=distribution, version=version)
+        info = PluginInfo(
+            name=pname, module=getattr(module, "__name__", pname), distribution=distribution, version=version
+        )
         try:
             self.pm.register(module, name=pname)
         except Exception as exc:  # a plugin with a malformed hookimpl must not take the rest down
@@ -105,7 +114,9 @@ class Manager:
         try:
             module = importlib.import_module(dotted)
         except Exception as exc:
-            raise ConfigError(f"--plugin {dotted}: could not import it ({type(exc).__name__}: {exc})") from None
+            raise ConfigError(
+                f"--plugin {dotted}: could not import it ({type(exc).__name__}: {exc})"
+            ) from None
         info = self.register_module(module, name=dotted, distribution="(--plugin)")
         if info.status == "failed":
             raise ConfigError(f"--plugin {dotted}: {info.reason}")
@@ -133,7 +144,12 @@ class Manager:
                 tb = traceback.extract_tb(exc.__traceback__)
                 where = f" ({tb[-1].filename}:{tb[-1].lineno})" if tb else ""
                 self.plugins[ep.name] = PluginInfo(
-                    ep.name, ep.value, dist_name, version, "failed", f"import failed: {type(exc).__name__}: {exc}{where}"
+                    ep.name,
+                    ep.value,
+                    dist_name,
+                    version,
+                    "failed",
+                    f"import failed: {type(exc).__name__}: {exc}{where}",
                 )
                 continue
             self.register_module(module, name=ep.name, distribution=dist_name, version=version)
@@ -162,7 +178,9 @@ class Manager:
                         continue
                     for rec in impl() or []:
                         if not isinstance(rec, rtype):
-                            raise TypeError(f"{hook_name} returned a {type(rec).__name__}, expected {rtype.__name__}")
+                            raise TypeError(
+                                f"{hook_name} returned a {type(rec).__name__}, expected {rtype.__name__}"
+                            )
                         staged.append((kind, rec))
             except Exception as exc:
                 info.status, info.reason = "failed", f"registration failed: {type(exc).__name__}: {exc}"

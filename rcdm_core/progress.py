@@ -15,4 +15,6 @@ def enabled(progress: bool = True) -> bool:
 def bar(iterable: Any = None, *, total: int | None = None, desc: str = "", progress: bool = True, **kw: Any):
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, total=total, desc=desc, disable=not enabled(progress), leave=False, dynamic_ncols=True, **kw)
+    return tqdm(
+        iterable, total=total, desc=desc, disable=not enabled(progress), leave=False, dynamic_ncols=True, **kw
+    )

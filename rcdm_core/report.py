@@ -45,7 +45,9 @@ def arm_table(metrics: dict[str, Any], arms: list[str]) -> str:
     if per_arm:
         head = "".join(f"<th>{html.escape(a)}</th>" for a in per_arm)
         body = "".join(
-            f"<tr><td>{html.escape(r)}</td>" + "".join(f"<td>{fmt(per_arm[a].get(r, ''))}</td>" for a in per_arm) + "</tr>"
+            f"<tr><td>{html.escape(r)}</td>"
+            + "".join(f"<td>{fmt(per_arm[a].get(r, ''))}</td>" for a in per_arm)
+            + "</tr>"
             for r in rows
         )
         parts.append(f"<table><tr><th>metric</th>{head}</tr>{body}</table>")
@@ -84,15 +86,31 @@ def write_report(run_dir: str | Path, config: dict[str, Any], doc: dict[str, Any
     """Write ``report.html``: what was run, then each probe's reading, tables and figures."""
     run_dir = Path(run_dir)
     arms = list(doc.get("arms", {}))
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>rcdm report</title><style>{CSS}</style></head><body>"]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>rcdm report</title><style>{CSS}</style></head><body>"
+    ]
     parts.append("<h1>rcdm report</h1>")
-    parts.append("<h2>What was run</h2><table><tr><th>arm</th><th>encoder</th><th>layer</th><th>input_norm</th>"
-                 "<th>weights</th><th>checkpoint</th><th>dim</th><th>image size</th></tr>")
+    parts.append(
+        "<h2>What was run</h2><table><tr><th>arm</th><th>encoder</th><th>layer</th><th>input_norm</th>"
+        "<th>weights</th><th>checkpoint</th><th>dim</th><th>image size</th></tr>"
+    )
     for name, a in doc.get("arms", {}).items():
         weights = "RANDOM (no weights given)" if a.get("random_weights") else a.get("weights")
         parts.append(
-            "<tr>" + "".join(f"<td>{fmt(x)}</td>" for x in (name, a.get("encoder"), a.get("layer"), a.get("input_norm"),
-                                                            weights, a.get("checkpoint"), a.get("dim"), a.get("image_size")))
+            "<tr>"
+            + "".join(
+                f"<td>{fmt(x)}</td>"
+                for x in (
+                    name,
+                    a.get("encoder"),
+                    a.get("layer"),
+                    a.get("input_norm"),
+                    weights,
+                    a.get("checkpoint"),
+                    a.get("dim"),
+                    a.get("image_size"),
+                )
+            )
             + "</tr>"
         )
     parts.append("</table>")

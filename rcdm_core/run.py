@@ -46,7 +46,9 @@ def build_arm(arm, device: torch.device, trust_checkpoint: bool = False) -> ArmR
 def git_commit() -> str | None:
     try:
         here = Path(__file__).resolve().parent.parent
-        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -71,15 +73,22 @@ def execute(cfg: RunConfig) -> Path:
 
     manager = get_manager(cfg.plugins)
     if not cfg.arms:
-        raise ConfigError("no arm given: add [[arm]] tables to the config or --encoder/--layer/--checkpoint flags")
+        raise ConfigError(
+            "no arm given: add [[arm]] tables to the config or --encoder/--layer/--checkpoint flags"
+        )
     probe_recs = {}
     for p in cfg.probes:
         rec, _ = manager.get("probe", p)
         probe_recs[p] = rec
     unknown = sorted(set(cfg.probe_options) - set(cfg.probes))
     if unknown:
-        raise ConfigError(f"options given for probe {unknown[0]!r}, which is not in probes ({', '.join(cfg.probes)})")
-    probe_opts = {p: resolve_options(f"probe {p}", probe_recs[p].options, cfg.probe_options.get(p, {})) for p in cfg.probes}
+        raise ConfigError(
+            f"options given for probe {unknown[0]!r}, which is not in probes ({', '.join(cfg.probes)})"
+        )
+    probe_opts = {
+        p: resolve_options(f"probe {p}", probe_recs[p].options, cfg.probe_options.get(p, {}))
+        for p in cfg.probes
+    }
     get_sampler(cfg.sampler)  # validate early
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -91,7 +100,8 @@ def execute(cfg: RunConfig) -> Path:
     notes = []
     if len({a.image_size for a in arms}) > 1:
         notes.append(
-            "Arms expect different resolutions (" + ", ".join(f"{a.name}: {a.image_size}px" for a in arms)
+            "Arms expect different resolutions ("
+            + ", ".join(f"{a.name}: {a.image_size}px" for a in arms)
             + f"); images were loaded at {size}px and resized for each arm."
         )
     ids, images = load_images(cfg.data, limit=cfg.n_images, size=size)
@@ -100,16 +110,32 @@ def execute(cfg: RunConfig) -> Path:
         ref_ids, reference = load_images(cfg.reference, size=size)
     versions = {i["name"]: i["version"] for i in manager.listing()}
     resolved = cfg.as_dict()
-    resolved["versions"] = {"rcdm_plugins": versions, "torch": torch.__version__, "python": sys.version.split()[0]}
+    resolved["versions"] = {
+        "rcdm_plugins": versions,
+        "torch": torch.__version__,
+        "python": sys.version.split()[0],
+    }
     resolved["git_commit"] = git_commit()
     resolved["random_weights"] = {a.name: a.rep.encoder.random_weights for a in arms}
     atomic_write_text(out / "config.toml", to_toml(resolved))
 
     ctx = ProbeContext(
-        arms=arms, ids=ids, images=images, sampler=get_sampler(cfg.sampler), sampler_spec=cfg.sampler,
-        seed=cfg.seed, out_dir=out, n_samples=cfg.n_samples, batch_size=cfg.batch_size, device=device,
-        reference_ids=ref_ids, reference=reference, progress=cfg.progress, precision=cfg.precision,
-        hook=manager.hook(), notes=notes,
+        arms=arms,
+        ids=ids,
+        images=images,
+        sampler=get_sampler(cfg.sampler),
+        sampler_spec=cfg.sampler,
+        seed=cfg.seed,
+        out_dir=out,
+        n_samples=cfg.n_samples,
+        batch_size=cfg.batch_size,
+        device=device,
+        reference_ids=ref_ids,
+        reference=reference,
+        progress=cfg.progress,
+        precision=cfg.precision,
+        hook=manager.hook(),
+        notes=notes,
     )
     manager.hook().rcdm_run_start(ctx=ctx)
     doc: dict[str, Any] = {
@@ -117,7 +143,9 @@ def execute(cfg: RunConfig) -> Path:
         "seed": cfg.seed,
         "repeats": cfg.repeats,
         "sampler": cfg.sampler,
-        "arms": {a.name: a.rep.meta() | {"checkpoint": a.spec.checkpoint, "image_size": a.image_size} for a in arms},
+        "arms": {
+            a.name: a.rep.meta() | {"checkpoint": a.spec.checkpoint, "image_size": a.image_size} for a in arms
+        },
         "n_images": len(ids),
         "notes": notes,
         "probes": {},

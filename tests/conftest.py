@@ -39,7 +39,11 @@ def run_cli(*args: str, env: dict | None = None, timeout: int = 600) -> subproce
     """Run ``python -m rcdm_core ARGS`` in a subprocess (the real CLI, real entry points)."""
     full_env = {**os.environ, "RCDM_NO_PROGRESS": "1", **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "rcdm_core", *args], capture_output=True, text=True, env=full_env, timeout=timeout,
+        [sys.executable, "-m", "rcdm_core", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
         cwd=str(ROOT),
     )
 
@@ -47,6 +51,16 @@ def run_cli(*args: str, env: dict | None = None, timeout: int = 600) -> subproce
 def torchrun(*args: str, nproc: int = 2, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run ``torchrun --nproc_per_node N -m rcdm_core ARGS`` on CPU with gloo (the one distributed launcher)."""
     env = {**os.environ, "RCDM_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", "0",
-           "-m", "rcdm_core", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(nproc),
+        "--master_port",
+        "0",
+        "-m",
+        "rcdm_core",
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=str(ROOT))

@@ -28,6 +28,9 @@ def _run(args) -> int:
 
 
 COMMAND = CommandRecord(
-    name="plugins", help="list plugins: name, kind, registered names, version, distribution, status",
-    add_arguments=_add, run=_run, example="rcdm plugins --json",
+    name="plugins",
+    help="list plugins: name, kind, registered names, version, distribution, status",
+    add_arguments=_add,
+    run=_run,
+    example="rcdm plugins --json",
 )

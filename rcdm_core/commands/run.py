@@ -35,7 +35,17 @@ def _add(p) -> None:
 def config_from_args(args):
     raw = load_toml(args.config) if args.config else {}
     source = args.config or "flags"
-    for key in ("data", "reference", "sampler", "n_images", "n_samples", "batch_size", "repeats", "precision", "out"):
+    for key in (
+        "data",
+        "reference",
+        "sampler",
+        "n_images",
+        "n_samples",
+        "batch_size",
+        "repeats",
+        "precision",
+        "out",
+    ):
         v = getattr(args, key)
         if v is not None:
             raw[key] = v
@@ -69,8 +79,10 @@ def _run(args) -> int:
 
 
 COMMAND = CommandRecord(
-    name="run", help="run probes on one or more arms; writes config.toml, metrics.json, figures, report.html",
-    add_arguments=_add, run=_run,
+    name="run",
+    help="run probes on one or more arms; writes config.toml, metrics.json, figures, report.html",
+    add_arguments=_add,
+    run=_run,
     example="rcdm-run --encoder ssl-small --weights enc.pt --layer backbone --checkpoint ema.pt "
     "--probe samples --data builtin:photos --out runs/x",
 )
