@@ -45,6 +45,9 @@ def image_folder(tmp_path: Path) -> Path:
     )
     Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)).save(root / "sub" / "e.JPG")
     (root / "notes.txt").write_text("not an image and not an image extension")
+    (root / ".ipynb_checkpoints").mkdir()  # hidden folders and files are not read
+    (root / ".ipynb_checkpoints" / "b-checkpoint.png").write_bytes(b"")
+    (root / "._b.png").write_bytes(b"AppleDouble")
     return root
 
 

@@ -71,8 +71,11 @@ def decode_image(
                 return to_rgb(_upright(im), background)
         except Unreadable:
             raise
-        except Image.DecompressionBombError:
-            raise Unreadable("over Pillow's decompression-bomb pixel limit; refused") from None
+        except Image.DecompressionBombError as exc:
+            # Pillow refuses at open time (header only) anything over twice its own limit, ~179 megapixels.
+            raise Unreadable(
+                f"over the pixel limit, refused as a possible decompression bomb ({exc})"
+            ) from None
         except UnidentifiedImageError:
             raise Unreadable("not an image Pillow can read (wrong extension or corrupt header)") from None
         except OSError as exc:
