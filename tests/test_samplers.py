@@ -229,7 +229,7 @@ def test_odd_counts_visit_the_official_steps_and_end_at_t0(manager, model, cond,
     for name in ("ddpm", "ddim", "dpm-solver++"):
         seen = []
         rc.get_sampler(f"{name}:{n}").sample(
-            model, cond[:1], progress=False, callback=lambda k, t, x: seen.append((k, t))
+            model, cond[:1], progress=False, callback=lambda k, t, x, seen=seen: seen.append((k, t))
         )
         assert [t for _, t in seen] == space_timesteps(1000, str(n))[::-1]
         assert [k for k, _ in seen] == list(range(n)) and seen[-1][1] == 0
