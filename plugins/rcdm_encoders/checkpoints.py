@@ -13,6 +13,7 @@ from typing import Any
 
 import attrs
 import torch
+from torch import nn
 
 from rcdm_core.errors import CheckpointError
 from rcdm_core.io import check_finite, float_state, safe_load, sha256_file
@@ -158,7 +159,7 @@ def _arch(trunk: dict[str, torch.Tensor]) -> str | None:
 
 
 def _split_groups(state: dict[str, torch.Tensor], path: str):
-    """Flat keys (wrappers stripped) -> trunk, head, loss_bn, ignored, grouped?"""
+    """Flat keys (wrappers stripped) -> trunk, head, loss_bn, ignored (stripped names), grouped?"""
     grouped = any(k.startswith(TRUNK_PREFIXES) for k in state)
     if not grouped:
         return dict(state), None, None, [], False
@@ -199,6 +200,33 @@ def _clean_trunk(trunk: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor
     return out, ignored
 
 
+def load_strict(module: nn.Module, state: dict[str, torch.Tensor], where: str, assign: bool = False) -> None:
+    """Load every key of ``state`` into ``module``: a missing, unexpected or mis-shaped key is a CheckpointError
+    naming the key (and both shapes). ``assign=True`` for modules built on the meta device (no random init and
+    no copy: a ResNet-50 loads in a fraction of the time); nothing may stay on the meta device afterwards.
+    """
+    own = module.state_dict()
+    for k, v in own.items():
+        if k in state and tuple(state[k].shape) != tuple(v.shape):
+            raise CheckpointError(
+                f"{where}: key {k!r} has shape {tuple(state[k].shape)} in the file but the model expects {tuple(v.shape)}"
+            )
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing:
+        raise CheckpointError(
+            f"{where}: key {missing[0]!r} is missing from the file ({len(missing)} missing in all)"
+        )
+    if unexpected:
+        raise CheckpointError(
+            f"{where}: unexpected key {unexpected[0]!r} ({len(unexpected)} unexpected in all)"
+        )
+    module.load_state_dict(state, strict=True, assign=assign)
+    left = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
+    if left:
+        raise CheckpointError(f"{where}: {left[0]!r} was not in the file and has no value")
+
+
 def _prepare(state: dict[str, torch.Tensor], path: str) -> dict[str, torch.Tensor]:
     check_finite(state, path)
     return float_state(state)
@@ -217,7 +245,9 @@ def read_checkpoint(path: str | Path, trust_checkpoint: bool = False, part: str 
         ckpt = _read_vissl(node, path, ignored)
     else:
         state = {strip_prefixes(k, WRAPPER_PREFIXES): v for k, v in node.items()}
+        original = {strip_prefixes(k, WRAPPER_PREFIXES): k for k in node}
         trunk, head, loss_bn, more, grouped = _split_groups(state, path)
+        more = ["/".join([*trail, original.get(k, k)]) for k in more]
         trunk, fc = _clean_trunk(trunk)
         arch = _arch(trunk)
         if arch is None:

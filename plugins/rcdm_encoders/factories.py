@@ -11,15 +11,15 @@ import sys
 from typing import Any
 
 import attrs
+import torch
 from torch import nn
 
 from rcdm_core.errors import CheckpointError, ConfigError
 from rcdm_core.io import read_sidecar, safe_load, sha256_file
-from rcdm_core.training import load_state_strict
 
 from . import heads as H
 from . import small
-from .checkpoints import WRAPPER_PREFIXES, Checkpoint, read_checkpoint, strip_prefixes, unwrap
+from .checkpoints import WRAPPER_PREFIXES, Checkpoint, load_strict, read_checkpoint, strip_prefixes, unwrap
 from .encoders import EncoderNet, NetEncoder, warn_random
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -98,7 +98,7 @@ def _load_head(ckpt: Checkpoint, act: str, in_dim: int) -> nn.Module | None:
             f"belong to this trunk"
         )
     module = H.build_vissl(layers, act) if ckpt.head_style == "vissl" else H.build_flat(layers, act)
-    load_state_strict(module, ckpt.head, f"{ckpt.path} (projector head)")
+    load_strict(module, ckpt.head, f"{ckpt.path} (projector head)")
     return module
 
 
@@ -107,7 +107,7 @@ def _load_loss_bn(ckpt: Checkpoint) -> nn.Module | None:
         return None
     dim = int(ckpt.loss_bn["running_mean"].shape[0]) if "running_mean" in ckpt.loss_bn else 0
     module = nn.BatchNorm1d(dim, affine=False)
-    load_state_strict(module, ckpt.loss_bn, f"{ckpt.path} (Barlow Twins loss bn)")
+    load_strict(module, ckpt.loss_bn, f"{ckpt.path} (Barlow Twins loss bn)")
     return module
 
 
@@ -165,7 +165,9 @@ def build_named(name: str, part: str | None, weights: str | None, trust_checkpoi
     if part not in (None, "teacher", "student"):
         raise ConfigError(f"encoder {name}:{part}: the part after the colon must be teacher or student")
     ckpt = read_checkpoint(weights, trust_checkpoint, part or "teacher") if weights else None
-    trunk = _vit(spec.trunk) if is_vit else _resnet50()
+    # with a file, build on the meta device and take the file's tensors (no random init to throw away)
+    with torch.device("meta" if ckpt is not None else "cpu"):
+        trunk = _vit(spec.trunk) if is_vit else _resnet50()
     trunk_dim = trunk.num_features if is_vit else 2048
     if ckpt is not None:
         _check_layout(name, spec, ckpt)
@@ -175,7 +177,7 @@ def build_named(name: str, part: str | None, weights: str | None, trust_checkpoi
                 f"{ckpt.path} holds a {ckpt.arch} trunk but encoder {name} is a {want}; pick the "
                 f"encoder that matches the file"
             )
-        load_state_strict(trunk, ckpt.trunk, f"{ckpt.path} (backbone)")
+        load_strict(trunk, ckpt.trunk, f"{ckpt.path} (backbone)", assign=True)
         head = _load_head(ckpt, spec.act, trunk_dim)
         loss_bn = _load_loss_bn(ckpt)
     else:
@@ -232,7 +234,7 @@ def build_small(arg: str | None, weights: str | None, trust_checkpoint: bool) ->
         )
     widths, blocks = small.infer_arch(ckpt.trunk)
     trunk = small.SmallResNet(widths, blocks)
-    load_state_strict(trunk, ckpt.trunk, f"{weights} (backbone)")
+    load_strict(trunk, ckpt.trunk, f"{weights} (backbone)")
     method = str(side.get("method", "simclr"))
     head = _load_head(ckpt, "gelu" if method == "dino" else "relu", widths[-1])
     arch = side.get("architecture", {})
@@ -317,7 +319,7 @@ def _load_timm(model: nn.Module, arg: str, weights: str, trust_checkpoint: bool)
         if key not in own and any(key.startswith(c + ".") for c in classifier):
             ignored.append(key)
             del state[key]
-    load_state_strict(model, state, f"{weights} (timm {arg})")
+    load_strict(model, state, f"{weights} (timm {arg})")
     return {
         "weights": weights,
         "sha256": sha256_file(weights),
