@@ -91,7 +91,7 @@ class NetEncoder(rc.Encoder):
         trunk_dims: dict[str, int] | None = None,
     ):
         self.name = name
-        self.module = net
+        self.module = net.eval()  # encoders are read, not trained: BatchNorm uses its running statistics
         self.blocks = dict(blocks)
         self.input_size = input_size
         self.mean, self.std = mean, (std if mean is not None else None)
