@@ -10,7 +10,7 @@ import rcdm_probes as probes_plugin
 import scipy.linalg
 import torch
 from rcdm_probes._common import source_ranks, standard_samples
-from rcdm_probes.fidelity import frechet_distance, precision_recall
+from rcdm_probes.fidelity import frechet_distance, frechet_from_stats, precision_recall
 from rcdm_probes.interpolation import InterpolationProbe, pair_ids, slerp
 from rcdm_probes.manipulation import column_quantile, common_dimensions
 
@@ -29,13 +29,20 @@ from tests.test_probes_models import (
     tinted_luma_decoder,
 )
 
+
+@pytest.fixture(autouse=True)
+def probes(fresh_manager):
+    """Only this plugin (no entry-point scan: importing every first-party plugin is slow)."""
+    fresh_manager.register_module(probes_plugin, name="probes")
+    return fresh_manager
+
+
 ALL = ["adversarial", "faithfulness", "fidelity", "interpolation", "invariance", "manipulation", "samples"]
 
 
-def test_plugin_registers_every_probe_on_a_fresh_manager(fresh_manager):
-    fresh_manager.register_module(probes_plugin, name="probes")
-    assert fresh_manager.names("probe") == ALL
-    rec, _ = fresh_manager.get("probe", "manipulation")
+def test_plugin_registers_every_probe_on_a_fresh_manager(probes):
+    assert probes.names("probe") == ALL
+    rec, _ = probes.get("probe", "manipulation")
     assert rec.needs_reference and rec.options["k"].default == 20 and rec.options["n"].default == 14
 
 
@@ -287,6 +294,16 @@ def test_frechet_distance_of_a_set_to_itself_is_zero_and_matches_scipy():
     assert frechet_distance(a, b) == pytest.approx(expect, rel=1e-9)
 
 
+def test_frechet_distance_in_the_span_of_few_points_equals_the_covariance_formula():
+    g = torch.Generator().manual_seed(1)
+    a, b = (
+        torch.randn(10, 32, generator=g, dtype=torch.float64),
+        torch.randn(12, 32, generator=g, dtype=torch.float64) + 0.5,
+    )
+    stats = [(x.mean(0), torch.cov(x.T)) for x in (a, b)]
+    assert frechet_distance(a, b) == pytest.approx(frechet_from_stats(*stats[0], *stats[1]), rel=1e-9)
+
+
 def test_precision_recall_by_hand():
     real = torch.tensor([[0.0], [1.0], [2.0], [3.0]])
     fake = torch.tensor([[0.5], [10.0]])
@@ -307,9 +324,8 @@ class LumaPlugin:
         return [rc.LayerSelectorRecord(name="backbone", factory=VectorSelector)]
 
 
-def test_fidelity_probe_in_the_arms_space_and_in_another_encoders(tmp_path, fresh_manager):
-    fresh_manager.register_module(probes_plugin, name="probes")
-    fresh_manager.register_module(LumaPlugin(), name="luma")
+def test_fidelity_probe_in_the_arms_space_and_in_another_encoders(tmp_path, probes):
+    probes.register_module(LumaPlugin(), name="luma")
     images = random_images(6)
     ctx = context([arm("a", pixel_encoder())], images, tmp_path, n_samples=1)
     m = rc.run_probe("fidelity", ctx).metrics["a"]
@@ -362,8 +378,8 @@ def rcdm_probes():
     return [rc.ProbeRecord(name="count_images", factory=CountProbe, summary="research-code probe")]
 
 
-def test_a_research_code_probe_registers_with_one_hookimpl_and_runs(fresh_manager, tmp_path):
-    fresh_manager.register_module(sys.modules[__name__], name="research")
-    assert fresh_manager.names("probe") == ["count_images"]
+def test_a_research_code_probe_registers_with_one_hookimpl_and_runs(probes, tmp_path):
+    probes.register_module(sys.modules[__name__], name="research")
+    assert probes.names("probe") == sorted(ALL + ["count_images"])
     ctx = context([arm("a", pixel_encoder())], random_images(2), tmp_path)
     assert rc.run_probe("count_images", ctx).metrics == {"a": {"n": 2}}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import rcdm_probes
 import torch
 from rcdm_probes.fidelity import fid_inception
 
@@ -47,7 +48,8 @@ def test_fid_inception_rejects_a_file_of_another_layout(tmp_path):
 
 
 @pytest.mark.slow
-def test_fidelity_probe_reports_fid_with_inception_weights(inception_file, tmp_path):
+def test_fidelity_probe_reports_fid_with_inception_weights(inception_file, tmp_path, fresh_manager):
+    fresh_manager.register_module(rcdm_probes, name="probes")
     # Inception at 299 px is the slow part on a shared CPU: two images only
     images = random_images(2)
     ctx = context([arm("a", pixel_encoder())], images, tmp_path, n_samples=1)

@@ -88,9 +88,7 @@ def standard_samples(ctx: rc.ProbeContext, arm: rc.ArmRuntime) -> tuple[torch.Te
         return cond.clone(), samples.clone()
     images = ctx.images_for(arm)
     cond = ctx.encode(arm, images)
-    n, k = len(images), ctx.n_samples
-    flat = ctx.sample(arm, cond.repeat_interleave(k, 0), sample_ids=stream_ids(STANDARD, range(n), k))
-    samples = flat.view(n, k, *flat.shape[1:])
+    samples = sample_per_image(ctx, arm, cond, STANDARD)
     _CACHE[key] = (weakref.ref(ctx), (cond, samples))
     return cond.clone(), samples.clone()
 
@@ -101,7 +99,8 @@ def sample_per_image(
     """cond (N, D) -> samples (N, K, 3, S, S) in [0, 1] with ids of ``stream`` (K = per_image or n_samples)."""
     k = per_image or ctx.n_samples
     n = len(cond)
-    flat = ctx.sample(arm, cond.repeat_interleave(k, 0), sample_ids=stream_ids(stream, range(n), k))
+    with torch.no_grad():  # a sampler that leaves autograd on must not keep graphs alive
+        flat = ctx.sample(arm, cond.repeat_interleave(k, 0), sample_ids=stream_ids(stream, range(n), k))
     return flat.view(n, k, *flat.shape[1:])
 
 

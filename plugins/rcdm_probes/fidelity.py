@@ -9,9 +9,9 @@ download is replaced by the local file.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import rcdm_core as rc
@@ -21,43 +21,55 @@ from rcdm_core.io import safe_load
 from ._common import fmt, standard_samples
 
 
-def _stats(feats: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    x = feats.double().cpu().numpy()
+def _centred(feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    x = feats.detach().double().cpu()
     if len(x) < 2:
         raise ConfigError(
             f"fidelity: a Fréchet distance needs at least 2 feature vectors per set, got {len(x)}"
         )
-    return x.mean(axis=0), np.cov(x, rowvar=False)
+    mu = x.mean(0)
+    return mu, x - mu
 
 
-def _clean(w: np.ndarray) -> np.ndarray:
-    """Eigenvalues of a PSD matrix with rounding noise (|w| below D * eps * max) set to 0 before a sqrt."""
-    tol = len(w) * np.finfo(np.float64).eps * max(float(np.abs(w).max(initial=0.0)), 1e-300)
-    return np.where(w > tol, w, 0.0)
+def _clean(w: torch.Tensor) -> torch.Tensor:
+    """Eigenvalues of a PSD matrix with rounding noise (below D * eps * max) set to 0 before a square root."""
+    tol = len(w) * torch.finfo(torch.float64).eps * max(float(w.abs().max()) if len(w) else 0.0, 1e-300)
+    return torch.where(w > tol, w, torch.zeros_like(w))
 
 
-def _psd_sqrt(m: np.ndarray) -> np.ndarray:
-    w, v = np.linalg.eigh((m + m.T) / 2)
-    return (v * np.sqrt(_clean(w))) @ v.T
-
-
-def frechet_from_stats(mu1: np.ndarray, s1: np.ndarray, mu2: np.ndarray, s2: np.ndarray) -> float:
-    """||mu1 - mu2||^2 + tr(s1 + s2 - 2 (s1 s2)^(1/2)).
-
-    tr((s1 s2)^(1/2)) is computed as the sum of square roots of the eigenvalues of the symmetric PSD matrix
-    s1^(1/2) s2 s1^(1/2) (same eigenvalues as s1 s2), which stays stable for rank-deficient covariances
-    (fewer samples than dimensions), where scipy's sqrtm needs an epsilon on the diagonal.
-    """
-    r = _psd_sqrt(s1)
+def trace_sqrt_product(s1: torch.Tensor, s2: torch.Tensor) -> float:
+    """tr((s1 s2)^(1/2)) for PSD (D, D) matrices: the sum of square roots of the eigenvalues of the symmetric
+    PSD matrix s1^(1/2) s2 s1^(1/2), which has the eigenvalues of s1 s2 (stable where sqrtm needs an epsilon)."""
+    w, v = torch.linalg.eigh((s1 + s1.T) / 2)
+    r = (v * _clean(w).sqrt()) @ v.T
     m = r @ s2 @ r
-    w = np.linalg.eigvalsh((m + m.T) / 2)
+    return float(_clean(torch.linalg.eigvalsh((m + m.T) / 2)).sqrt().sum())
+
+
+def frechet_from_stats(mu1: torch.Tensor, s1: torch.Tensor, mu2: torch.Tensor, s2: torch.Tensor) -> float:
+    """||mu1 - mu2||^2 + tr(s1 + s2 - 2 (s1 s2)^(1/2)) from means (D,) and covariances (D, D), float64."""
+    mu1, s1, mu2, s2 = (t.double() for t in (mu1, s1, mu2, s2))
     diff = mu1 - mu2
-    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * np.sqrt(_clean(w)).sum())
+    return float(diff @ diff + s1.trace() + s2.trace()) - 2 * trace_sqrt_product(s1, s2)
 
 
 def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Fréchet distance between Gaussians fitted to feature sets a (N, D) and b (M, D), in float64."""
-    return frechet_from_stats(*_stats(a), *_stats(b))
+    """Fréchet distance between Gaussians fitted to feature sets a (N, D) and b (M, D) (unbiased covariances).
+
+    With fewer points than dimensions it works in the points' span: with centred X1, X2,
+    tr((s1 s2)^(1/2)) = ||X1 X2^T||_* / sqrt((N-1)(M-1)) (the singular values of X1 X2^T are the square roots
+    of the non-zero eigenvalues of s1 s2), an (N, M) problem instead of (D, D); otherwise it uses the
+    covariances.
+    """
+    mu1, x1 = _centred(a)
+    mu2, x2 = _centred(b)
+    n, m, d = len(x1), len(x2), x1.shape[1]
+    if max(n, m) <= d:
+        diff = mu1 - mu2
+        traces = float((x1 * x1).sum()) / (n - 1) + float((x2 * x2).sum()) / (m - 1)
+        nuclear = float(torch.linalg.svdvals(x1 @ x2.T).sum()) / math.sqrt((n - 1) * (m - 1))
+        return float(diff @ diff) + traces - 2 * nuclear
+    return frechet_from_stats(mu1, x1.T @ x1 / (n - 1), mu2, x2.T @ x2 / (m - 1))
 
 
 def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> tuple[float, float]:

@@ -78,7 +78,8 @@ class InterpolationProbe(rc.Probe):
         out = []
         for t in self.alphas():
             cond = MODES[mode](a, b, t).repeat_interleave(self.per_step, 0)
-            s = ctx.sample(arm, cond, sample_ids=ids)
+            with torch.no_grad():
+                s = ctx.sample(arm, cond, sample_ids=ids)
             out.append(s.view(len(a), self.per_step, *s.shape[1:]))
         return torch.stack(out, 1)
 
