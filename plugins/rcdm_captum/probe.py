@@ -374,10 +374,11 @@ class ArmAttribution:
         paths = []
         for i in range(min(self.o["max_figures"], len(self.images))):
             key = "vs_occlusion_pixel" if "occlusion_pixel" in rcdm[i] else "vs_low_sample_std"
+            tag = "occl" if key == "vs_occlusion_pixel" else "-std"
             scores = {}
             for m in attributions[i]["maps"]:
                 rho = per_image[i]["agreement"][m].get(key, {}).get("spearman")
-                scores[LABELS[m]] = f"rho={rho:.2f}" if rho is not None else "rho=n/a"
+                scores[LABELS[m]] = f"rho({tag})={rho:.2f}" if rho is not None else f"rho({tag})=n/a"
             maps = {k: v for k, v in rcdm[i].items() if k != "samples"}
             attrs_ = {LABELS[m]: v for m, v in attributions[i]["maps"].items()}
             ident = re.sub(
