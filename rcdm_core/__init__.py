@@ -10,7 +10,15 @@ import pluggy
 
 hookimpl = pluggy.HookimplMarker("rcdm")
 
-from .api import build_denoiser, get_sampler, load_denoiser, load_encoder, parse_sampler_spec, run_probe  # noqa: E402
+from .api import (
+    build_denoiser,
+    get_sampler,
+    load_denoiser,
+    load_encoder,
+    parse_sampler_spec,
+    run_probe,
+    save_denoiser,
+)  # noqa: E402
 from .context import ArmRuntime, ProbeContext  # noqa: E402
 from .errors import CheckpointError, ConfigError, DataError, RcdmError  # noqa: E402
 from .interfaces import (  # noqa: E402
@@ -46,6 +54,7 @@ __all__ = [
     "load_denoiser",
     "get_sampler",
     "run_probe",
+    "save_denoiser",
     "parse_sampler_spec",
     "ArmRuntime",
     "ProbeContext",
