@@ -205,6 +205,7 @@ def load_strict(module: nn.Module, state: dict[str, torch.Tensor], where: str, a
     naming the key (and both shapes). ``assign=True`` for modules built on the meta device (no random init and
     no copy: a ResNet-50 loads in a fraction of the time); nothing may stay on the meta device afterwards.
     """
+    check_finite(state, where)  # every loader path (timm, CLIP, named, ssl-small) meets this check
     own = module.state_dict()
     for k, v in own.items():
         if k in state and tuple(state[k].shape) != tuple(v.shape):

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from rcdm_core.errors import CheckpointError, ConfigError
-from rcdm_core.io import read_sidecar, safe_load, sha256_file
+from rcdm_core.io import check_finite, read_sidecar, safe_load, sha256_file
 
 from . import heads as H
 from . import small
@@ -348,6 +348,8 @@ def build_clip(arg: str | None, weights: str | None, trust_checkpoint: bool) -> 
         raise CheckpointError(f"{weights}: open_clip could not load it into {arg} ({msg})") from None
     if weights is None:
         warn_random(f"clip:{arg}")
+    else:  # open_clip loads the file itself: check what it loaded
+        check_finite(model.visual.state_dict(), f"{weights} (clip:{arg} image tower)")
     visual = model.visual
     mean = tuple(getattr(visual, "image_mean", None) or CLIP_MEAN_STD[0])
     std = tuple(getattr(visual, "image_std", None) or CLIP_MEAN_STD[1])

@@ -16,7 +16,7 @@ import torch
 
 import rcdm_core as rc
 from rcdm_core.errors import CheckpointError, ConfigError
-from rcdm_core.io import safe_load
+from rcdm_core.io import check_finite, safe_load
 
 from ._common import fmt, standard_samples
 
@@ -111,6 +111,8 @@ def fid_inception(
     key = (str(path.resolve()), str(device))
     if key not in _INCEPTION:
         state = safe_load(path, trust_checkpoint=trust_checkpoint)
+        if isinstance(state, dict):
+            check_finite(state, path)
         loaded: list[str] = []
 
         def local(url, *args, **kwargs):  # pytorch-fid calls this with its release URL; we hand it the file
