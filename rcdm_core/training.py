@@ -55,7 +55,7 @@ from torch import nn
 
 from . import dist
 from .errors import CheckpointError, ConfigError, RcdmError
-from .io import atomic_torch_save, atomic_write_json, atomic_write_text, safe_load
+from .io import atomic_torch_save, atomic_write_json, atomic_write_text, check_finite, safe_load
 from .progress import bar
 
 LossFn = Callable[[nn.Module, Any, int], "tuple[torch.Tensor, dict[str, float]]"]
@@ -276,7 +276,8 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
     """Load every key of ``state`` into ``module``; a missing, unexpected or mis-shaped key is a CheckpointError
-    naming the key (and both shapes)."""
+    naming the key (and both shapes); NaN/inf weights are refused, naming the key."""
+    check_finite(state, path)
     own = module.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -328,6 +329,7 @@ class _Trainer:
 
     # -- resume ---------------------------------------------------------------------------------------------
     def resume(self) -> None:
+        self._remove_stale_temporaries()
         step, skipped = find_resume_step(self.cfg)
         for s, missing in skipped:
             self._say(f"skipping the incomplete checkpoint set at step {s} ({missing} is missing)")
@@ -340,7 +342,9 @@ class _Trainer:
         load_state_strict(self.module, safe_load(path, map_location=self.device), path)
         for rate in self.cfg.ema_rates:
             epath = self.cfg.out_dir / names[f"ema_{rate}"]
-            self.ema.load(rate, safe_load(epath, map_location=self.device), epath)
+            estate = safe_load(epath, map_location=self.device)
+            check_finite(estate, epath)
+            self.ema.load(rate, estate, epath)
         opath = self.cfg.out_dir / names["opt"]
         opt_state = dict(safe_load(opath, map_location=self.device))
         extra = opt_state.pop("rcdm", {})
@@ -351,6 +355,21 @@ class _Trainer:
         self.bad_in_a_row = int(extra.get("bad_in_a_row", 0))
         self.step = self.resumed_from = step
         self.rows = [r for r in _read_csv(self.cfg.out_dir / "losses.csv") if r.get("step", 0) <= step]
+
+    def _remove_stale_temporaries(self) -> None:
+        """Delete the ``.NAME.*.tmp`` files an interrupted atomic write of this run left behind (each may be a
+        whole checkpoint's size); nothing else writes into the run folder while it is being resumed."""
+        if not dist.is_main() or not self.cfg.out_dir.is_dir():
+            return
+        ours = _checkpoint_name_re(self.cfg)
+        stale = [
+            p for p in self.cfg.out_dir.iterdir()
+            if (m := _TMP_RE.match(p.name)) and (ours.match(m.group(1)) or m.group(1) == "losses.csv")
+        ]  # fmt: skip
+        for p in stale:
+            p.unlink(missing_ok=True)
+        if stale:
+            self._say(f"removed {len(stale)} temporary file(s) left by an interrupted write")
 
     # -- one step -------------------------------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
@@ -424,14 +443,17 @@ class _Trainer:
 
     def _write(self, name: str, obj: Any, sidecar: dict[str, Any] | None) -> list[Path]:
         path = self.cfg.out_dir / name
-        atomic_torch_save(obj, path)
-        _hook(path)
-        out = [path]
-        if sidecar is not None:
-            side = path.with_suffix(".json")
-            atomic_write_json(side, sidecar)
-            _hook(side)
-            out.append(side)
+        try:
+            atomic_torch_save(obj, path)
+            _hook(path)
+            out = [path]
+            if sidecar is not None:
+                side = path.with_suffix(".json")
+                atomic_write_json(side, sidecar)
+                _hook(side)
+                out.append(side)
+        except RcdmError as exc:  # e.g. no space left: say what is still safe to resume from
+            raise RcdmError(f"{exc}; {_resumable(self.cfg)}") from None
         return out
 
     def write_csv(self) -> None:
@@ -475,6 +497,23 @@ class _Trainer:
         finally:
             pbar.close()
         return TrainResult(self.step, self.last_files, self.rows, self.skipped, self.resumed_from)
+
+
+_TMP_RE = re.compile(r"^\.(.+)\.[^.]+\.tmp$")  # rcdm_core.io.atomic_write's temporaries: .NAME.RANDOM.tmp
+
+
+def _checkpoint_name_re(cfg: TrainConfig) -> re.Pattern:
+    """Names of this run's checkpoint files and sidecars (model, ema, opt; ``.pt`` or ``.json``)."""
+    prefixes = "|".join(re.escape(p) for p in (cfg.model_prefix, cfg.ema_prefix + "_", cfg.opt_prefix))
+    return re.compile(rf"^({prefixes}).*\d{{6,}}\.(pt|json)$")
+
+
+def _resumable(cfg: TrainConfig) -> str:
+    """What a failed checkpoint write leaves to resume from, for the error line."""
+    last, _ = find_resume_step(cfg)
+    if last is None:
+        return f"{cfg.out_dir} holds no complete checkpoint set yet; free space and start again"
+    return f"the checkpoint set of step {last} in {cfg.out_dir} is intact; free space and rerun with --resume"
 
 
 def _hook(path: Path) -> None:
