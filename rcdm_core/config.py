@@ -10,6 +10,7 @@ from typing import Any
 import attrs
 
 from .errors import ConfigError
+from .paths import safe_id
 from .records import Arm, Option
 
 if sys.version_info >= (3, 11):
@@ -130,6 +131,10 @@ def build_config(raw: dict[str, Any], source: str = "config") -> RunConfig:
             if v is not None and not isinstance(v, str):
                 raise ConfigError(f"{source}: [[arm]] {a.get('name', i)}: {k} must be a string, got {v!r}")
         arm = Arm(**{"name": a.get("name") or f"arm{i}", **{k: v for k, v in a.items() if k != "name"}})
+        if "/" in arm.name or safe_id(arm.name) != arm.name:  # probes write files named after arms
+            raise ConfigError(
+                f"{source}: [[arm]] name {arm.name!r} is used in file names; use letters, digits, '-', '_' and '.'"
+            )
         if arm.input_norm not in ("own", "rcdm"):
             raise ConfigError(
                 f"{source}: [[arm]] {arm.name}: input_norm must be 'own' or 'rcdm', got {arm.input_norm!r}"
