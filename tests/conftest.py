@@ -48,6 +48,14 @@ def run_cli(*args: str, env: dict | None = None, timeout: int = 600) -> subproce
     )
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def torchrun(*args: str, nproc: int = 2, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run ``torchrun --nproc_per_node N -m rcdm_core ARGS`` on CPU with gloo (the one distributed launcher)."""
     env = {**os.environ, "RCDM_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
@@ -58,7 +66,7 @@ def torchrun(*args: str, nproc: int = 2, timeout: int = 600) -> subprocess.Compl
         "--nproc_per_node",
         str(nproc),
         "--master_port",
-        "0",
+        str(_free_port()),  # port 0 is not resolved by torchrun's static rendezvous: workers would hang
         "-m",
         "rcdm_core",
         *args,
