@@ -54,23 +54,24 @@ def derangement(n: int, generator: torch.Generator) -> list[int]:
 
 # ---- conditions and samples ---------------------------------------------------------------------------------
 
-_CACHE: dict[tuple, tuple[weakref.ref, tuple[torch.Tensor, torch.Tensor]]] = {}
+_CACHE: dict[tuple, tuple[weakref.ref, Any]] = {}
 
 
-def _cache_key(ctx: rc.ProbeContext, arm: rc.ArmRuntime) -> tuple:
-    img = ctx.images
-    return (
-        id(ctx),
-        arm.name,
-        id(arm.denoiser),
-        id(arm.rep),
-        ctx.seed,
-        ctx.n_samples,
-        ctx.sampler_spec,
-        id(ctx.sampler),
-        img.data_ptr(),
-        tuple(img.shape),
-    )
+def cached(ctx: rc.ProbeContext, key: tuple, compute):
+    """``compute()`` once per (context, key); entries die with their context (ids of dead contexts are reused)."""
+    for k in [k for k, (ref, _) in _CACHE.items() if ref() is None]:
+        del _CACHE[k]
+    full = (id(ctx), *key)
+    hit = _CACHE.get(full)
+    if hit is not None and hit[0]() is ctx:
+        return hit[1]
+    value = compute()
+    _CACHE[full] = (weakref.ref(ctx), value)
+    return value
+
+
+def _arm_key(ctx: rc.ProbeContext, arm: rc.ArmRuntime, images: torch.Tensor) -> tuple:
+    return (arm.name, id(arm.denoiser), id(arm.rep), images.data_ptr(), tuple(images.shape))
 
 
 def standard_samples(ctx: rc.ProbeContext, arm: rc.ArmRuntime) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,18 +80,28 @@ def standard_samples(ctx: rc.ProbeContext, arm: rc.ArmRuntime) -> tuple[torch.Te
     Computed once per (context, arm, seed) and shared by the probes of a run (samples, faithfulness,
     fidelity, invariance, adversarial and manipulation all start from the same samples of r(x)).
     """
-    for key in [k for k, (ref, _) in _CACHE.items() if ref() is None]:
-        del _CACHE[key]
-    key = _cache_key(ctx, arm)
-    hit = _CACHE.get(key)
-    if hit is not None and hit[0]() is ctx:
-        cond, samples = hit[1]
-        return cond.clone(), samples.clone()
-    images = ctx.images_for(arm)
-    cond = ctx.encode(arm, images)
-    samples = sample_per_image(ctx, arm, cond, STANDARD)
-    _CACHE[key] = (weakref.ref(ctx), (cond, samples))
+
+    def compute():
+        cond = ctx.encode(arm, ctx.images_for(arm))
+        return cond, sample_per_image(ctx, arm, cond, STANDARD)
+
+    key = (
+        "standard",
+        *_arm_key(ctx, arm, ctx.images),
+        ctx.seed,
+        ctx.n_samples,
+        ctx.sampler_spec,
+        id(ctx.sampler),
+    )
+    cond, samples = cached(ctx, key, compute)
     return cond.clone(), samples.clone()
+
+
+def reference_features(ctx: rc.ProbeContext, arm: rc.ArmRuntime) -> torch.Tensor:
+    """The reference set through the arm's representation (M, D), computed once per run and arm."""
+    ref = ctx.require_reference(1, "this probe")
+    key = ("reference", *_arm_key(ctx, arm, ref))
+    return cached(ctx, key, lambda: ctx.encode(arm, ctx.images_for(arm, ref))).clone()
 
 
 def sample_per_image(
@@ -140,7 +151,7 @@ def candidate_set(ctx: rc.ProbeContext, arm: rc.ArmRuntime, cond: torch.Tensor) 
     """
     if ctx.reference is None:
         return cond, f"the run's {len(cond)} images (no --reference given)"
-    ref = ctx.encode(arm, ctx.images_for(arm, ctx.reference))
+    ref = reference_features(ctx, arm)
     return torch.cat([cond, ref]), f"the {len(cond)} source images plus {len(ref)} reference images"
 
 

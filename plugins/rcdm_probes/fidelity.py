@@ -18,7 +18,7 @@ import rcdm_core as rc
 from rcdm_core.errors import CheckpointError, ConfigError
 from rcdm_core.io import check_finite, safe_load
 
-from ._common import fmt, standard_samples
+from ._common import fmt, reference_features, standard_samples
 
 
 def _centred(feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -193,17 +193,21 @@ class FidelityProbe(rc.Probe):
         inception = fid_inception(self.inception_weights, ctx.device) if self.inception_weights else None
         metrics, notes, parts = {}, [], []
         real_incep = None
+        shared_real: dict[int, torch.Tensor] = {}  # the real set through the shared encoder, per resolution
         for arm in ctx.arms:
             _, samples = standard_samples(ctx, arm)
             fake = samples.flatten(0, 1)
             real = ctx.images_for(arm, real_all)
             if shared is not None:
-                f_real, f_fake = (
-                    shared.encode(x.to(ctx.device), batch_size=ctx.batch_size).cpu() for x in (real, fake)
-                )
+                side = real.shape[-1]
+                if side not in shared_real:
+                    shared_real[side] = shared.encode(real.to(ctx.device), batch_size=ctx.batch_size).cpu()
+                f_real = shared_real[side]
+                f_fake = shared.encode(fake.to(ctx.device), batch_size=ctx.batch_size).cpu()
                 space = f"{self.feature_encoder}:{self.feature_layer}"
             else:
-                f_real, f_fake = ctx.encode(arm, real), ctx.encode(arm, fake)
+                f_real = reference_features(ctx, arm) if ctx.reference is not None else ctx.encode(arm, real)
+                f_fake = ctx.encode(arm, fake)
                 space = f"{arm.spec.encoder}:{arm.spec.layer} (the arm's own)"
             m = {
                 "feature_space": space,

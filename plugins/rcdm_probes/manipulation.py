@@ -22,6 +22,7 @@ from ._common import (
     embed_samples,
     fmt,
     positive_int,
+    reference_features,
     rel,
     resolve_target,
     safe_name,
@@ -99,12 +100,12 @@ class ManipulationProbe(rc.Probe):
         self.target, self.figure_images = target, figure_images
 
     def run(self, ctx: rc.ProbeContext) -> rc.ProbeResult:
-        reference = ctx.require_reference(self.k, "probe manipulation")
+        ctx.require_reference(self.k, "probe manipulation")
         targets = resolve_target(ctx, self.target, "manipulation.target")
         metrics, figures, notes, parts = {}, [], [], []
         for arm in ctx.arms:
             cond, samples = standard_samples(ctx, arm)
-            bank = ctx.encode(arm, ctx.images_for(arm, reference))
+            bank = reference_features(ctx, arm)
             mode = resolve_mode(bank, self.mode)
             common, counts, _ = common_dimensions(cond, bank, self.k, self.n, mode, self.quantile)
             target = cond[targets]
