@@ -46,7 +46,7 @@ def resize(pixels: torch.Tensor, size: int | tuple[int, int], mode: str = "bicub
         antialias=shrinking and mode in ("bilinear", "bicubic"),
         **kwargs,
     )
-    lo, hi = float(pixels.min()), float(pixels.max())
+    lo, hi = float(pixels.detach().min()), float(pixels.detach().max())  # no warning inside attacks
     return out.clamp(min(lo, 0.0) if lo < 0 else 0.0, 1.0 if hi <= 1.0 else hi).to(pixels.dtype)
 
 
