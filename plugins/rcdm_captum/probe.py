@@ -129,6 +129,7 @@ class ArmAttribution:
                 range(len(self.images)), desc=f"RCDM maps {self.arm.name}", progress=self.ctx.progress
             )
         ]
+        self._note_constant_maps(rcdm)
         per_image = [self._agreement(a, r) for a, r in zip(attributions, rcdm)]
         figures = self._figures(attributions, rcdm, per_image)
         self._write_per_image(per_image)
@@ -274,6 +275,19 @@ class ArmAttribution:
         patch = (self.o["rcdm_patch"] or max(1, self.size // 4)) if self.o["rcdm_occlusion"] else 0
         ids = [i * k + j for j in range(k)]
         return rcdm_maps(self.ctx, self.arm, self.images[i], self.baselines[i], ids, self.ctx.seed, patch)
+
+    def _note_constant_maps(self, rcdm: list[dict[str, torch.Tensor]]) -> None:
+        for name in ("occlusion_pixel", "sample_std"):
+            if name in rcdm[0] and all(float(r[name].max() - r[name].min()) == 0 for r in rcdm):
+                self.notes.append(
+                    f"the RCDM {name} map is constant for every image, so its agreement is n/a: the samples "
+                    + (
+                        "did not move when any patch was occluded"
+                        if name != "sample_std"
+                        else "are all equal"
+                    )
+                    + " (a denoiser that ignores its condition, e.g. untrained, or too few samples)"
+                )
 
     def _agreement(self, attributed: dict[str, Any], rcdm: dict[str, torch.Tensor]) -> dict[str, Any]:
         top = self.o["top_k"]
