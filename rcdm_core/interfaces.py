@@ -132,15 +132,14 @@ class Representation:
     @torch.inference_mode()
     def encode(self, pixels: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
         """pixels (N, 3, H, W) in [0, 1] (or uint8) -> (N, D) float32, in eval mode, batched."""
-        was_training = self.encoder.module.training
-        self.encoder.module.eval()
-        try:
+        from .grad import preserved_modes
+
+        with preserved_modes(self.encoder.module):
+            self.encoder.module.eval()
             out = [
                 self.encode_with_grad(pixels[i : i + batch_size]).float()
                 for i in range(0, len(pixels), batch_size)
             ]
-        finally:
-            self.encoder.module.train(was_training)
         return torch.cat(out) if out else torch.zeros(0, self.dim)
 
     def meta(self) -> dict[str, Any]:
