@@ -131,7 +131,7 @@ def test_invariance_reads_jitter_crop_blur_solarize_for_a_pixel_copying_arm(tmp_
     assert m["blur"]["carried"] == pytest.approx(1.0, abs=1e-5)
     assert m["crop"]["zoom_samples_aug"] >= 0.75 and m["crop"]["zoom_samples_clean"] == 0.0
     assert m["solarize"]["carried"] == 1.0
-    assert len(res.figures) == 6
+    assert len(res.figures) == 6 and res.figures[0] == "probes/invariance/crop_pix.png"
 
 
 def test_invariance_rejects_an_unknown_augmentation_listing_the_known_ones(tmp_path):

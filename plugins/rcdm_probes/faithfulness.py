@@ -32,6 +32,15 @@ def faithfulness_of(
     return rank_metrics(feats.flatten(0, 1), source, candidates, cond)
 
 
+def chance_verdict(mean_rank: float, shuffled_rank: float) -> str:
+    """Plain words for a mean rank against the shuffled baseline's (a 20% margin either way)."""
+    if mean_rank <= 0.8 * shuffled_rank:
+        return "better than chance"
+    if mean_rank >= 1.2 * shuffled_rank:
+        return "worse than chance"
+    return "about as good as chance"
+
+
 class FaithfulnessProbe(rc.Probe):
     """Per arm: mean rank, top-1 and top-5 rates of the true source and the mean faithfulness cosine."""
 
@@ -39,7 +48,7 @@ class FaithfulnessProbe(rc.Probe):
     OPTIONS: dict[str, rc.Option] = {}
 
     def run(self, ctx: rc.ProbeContext) -> rc.ProbeResult:
-        metrics, notes, parts = {}, [], []
+        metrics, notes, parts, few = {}, [], [], False
         perm = (
             derangement(len(ctx.ids), generator_for(ctx.seed, "faithfulness")) if len(ctx.ids) > 1 else None
         )
@@ -59,16 +68,16 @@ class FaithfulnessProbe(rc.Probe):
             )
             if perm is not None:
                 s = m["shuffled"]
-                verdict = "better than" if m["mean_rank"] < s["mean_rank"] else "no better than"
                 line += (
                     f"; with shuffled conditions the mean rank is {fmt(s['mean_rank'])} (top-1 {fmt(s['top1'])}), "
-                    f"so the samples are {verdict} chance."
+                    f"so the samples are {chance_verdict(m['mean_rank'], s['mean_rank'])}."
                 )
             else:
                 line += "; one image only, so there is no shuffled baseline."
             notes.append(line)
-            if len(candidates) <= 5:
-                notes.append(
-                    f"Only {len(candidates)} candidates: top-5 is 1 by construction; give --reference."
-                )
+            few = len(candidates) <= 5
+        if few:
+            notes.append(
+                f"Only {len(ctx.ids)} candidates: top-5 is 1 by construction; give --reference for a real ranking."
+            )
         return rc.ProbeResult(metrics=metrics, summary="; ".join(parts), notes=notes)

@@ -113,8 +113,8 @@ class InterpolationProbe(rc.Probe):
                 notes.append(
                     f"Arm {arm.name}, {mode}: samples become closer to B than to A at "
                     f"{'alpha ' + fmt(cross) if cross is not None else 'no alpha'}; the largest "
-                    f"jump between neighbouring points is {fmt(float(step_change.max()))} (mean abs pixel change; "
-                    f"mean {fmt(float(step_change.mean()))}), a larger ratio means a more abrupt switch."
+                    f"jump between neighbouring points is {fmt(float(step_change.max()))} (mean abs pixel change) "
+                    f"against a mean of {fmt(float(step_change.mean()))}; a jump far above the mean marks an abrupt switch."
                 )
                 rows = [
                     torch.cat([images[ia[j] : ia[j] + 1], samples[j, :, 0], images[ib[j] : ib[j] + 1]])

@@ -11,7 +11,7 @@ the samples reproduce the augmentation and near 0 when they ignore it:
   r(aug x) minus samples of r(x);
 - grayscale: 1 - saturation of samples of r(gray x) / saturation of samples of r(x);
 - color_jitter: the share of the input's brightness and hue shifts that reappears between the two sample
-  sets (least-squares slope through the origin over images), averaged;
+  sets (least-squares slope through the origin over images), each clipped to [-1, 1], averaged;
 - blur: the share of the input's loss of sharpness (variance of the Laplacian) that the samples reproduce.
 """
 
@@ -36,6 +36,7 @@ from ._common import (
     low,
     low_mse,
     rel,
+    safe_name,
     sample_per_image,
     standard_samples,
     str_list,
@@ -214,7 +215,8 @@ class InvarianceProbe(rc.Probe):
                 "hue_shift_input_deg": float(d_in_h.abs().mean()) * 360,
                 "hue_carried": slope(d_in_h, d_out_h),
             }
-            m["carried"] = (m["brightness_carried"] + m["hue_carried"]) / 2
+            # each share clipped to [-1, 1]: a slope far outside it is noise on a tiny shift, not "more than all"
+            m["carried"] = sum(max(-1.0, min(1.0, m[k])) for k in ("brightness_carried", "hue_carried")) / 2
         elif name == "blur":
             ratio_in = float(sharpness(aug).mean() / sharpness(images).mean().clamp_min(1e-12))
             ratio_out = float(sharpness(aug_s).mean() / sharpness(clean_s).mean().clamp_min(1e-12))
@@ -239,7 +241,7 @@ class InvarianceProbe(rc.Probe):
         for name in self.augmentations:
             aug_run, boxes = self.augmented(ctx, name)
             stream = INVARIANCE + list(augment.AUGMENTATIONS).index(name)
-            fig_rows, readings = [], []
+            readings = []
             for arm in ctx.arms:
                 cond, clean_s = standard_samples(ctx, arm)
                 images, aug = ctx.images_for(arm), ctx.images_for(arm, aug_run)
@@ -251,13 +253,15 @@ class InvarianceProbe(rc.Probe):
                 m |= self.measure(name, images, aug, clean_s, aug_s, arm_boxes)
                 metrics[arm.name][name] = m
                 readings.append((arm.name, m))
+                fig_rows = []
                 for i in range(min(len(images), self.figure_images)):
                     fig_rows += [
                         torch.cat([images[i : i + 1], clean_s[i]]),
                         torch.cat([aug[i : i + 1], aug_s[i]]),
                     ]
-            if fig_rows:
-                figures.append(rel(ctx, save_rows(fig_rows, ctx.probe_dir(self.name) / f"{name}.png")))
+                if fig_rows:
+                    path = ctx.probe_dir(self.name) / f"{name}_{safe_name(arm.name)}.png"
+                    figures.append(rel(ctx, save_rows(fig_rows, path)))
             notes.append(self.reading(name, readings))
             rows_table.append(
                 [name]
@@ -268,8 +272,8 @@ class InvarianceProbe(rc.Probe):
             )
         notes.append(
             "carried: near 1 when samples of r(aug x) reproduce the augmentation, near 0 when they ignore it "
-            "(the representation is invariant to it). Figures: per image and arm, x then samples of r(x), aug(x) "
-            "then samples of r(aug(x))."
+            "(the representation is invariant to it). Figures (one per augmentation and arm): per image, x then "
+            "samples of r(x), aug(x) then samples of r(aug(x))."
         )
         table = {
             "title": "What the samples carry (findings 1 and 2)",

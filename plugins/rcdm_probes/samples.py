@@ -48,9 +48,15 @@ class SamplesProbe(rc.Probe):
             )
         elif len(readings) > 1:
             ordered = sorted(readings, key=lambda r: r[1])
-            notes.append(
-                f"Arm {ordered[0][0]} pins the image down most (mean pixel std {fmt(ordered[0][1])}); arm "
-                f"{ordered[-1][0]} leaves the most open ({fmt(ordered[-1][1])})."
-            )
+            (lo_arm, lo), (hi_arm, hi) = ordered[0], ordered[-1]
+            if hi - lo <= 0.02 * max(hi, 1e-12):
+                notes.append(
+                    f"All arms leave about the same amount open (mean pixel std {fmt(lo)} to {fmt(hi)})."
+                )
+            else:
+                notes.append(
+                    f"Arm {lo_arm} pins the image down most (mean pixel std {fmt(lo)}); arm {hi_arm} leaves the "
+                    f"most open ({fmt(hi)})."
+                )
         summary = ", ".join(f"{a}: mean pixel std {fmt(v)}" for a, v in readings)
         return rc.ProbeResult(metrics=metrics, figures=figures, summary=summary, notes=notes)
