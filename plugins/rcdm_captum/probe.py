@@ -13,6 +13,8 @@ from captum.metrics import infidelity, sensitivity_max
 
 from rcdm_core.context import ArmRuntime, ProbeContext
 from rcdm_core.errors import ConfigError
+from rcdm_core.grad import input_gradient_mode as attribution_mode
+from rcdm_core.grad import preserved_modes
 from rcdm_core.interfaces import Probe
 from rcdm_core.io import atomic_torch_save, atomic_write_json
 from rcdm_core.progress import bar
@@ -21,7 +23,7 @@ from rcdm_core.records import ProbeResult
 from .agreement import spearman, top_iou
 from .baselines import make_baselines
 from .figures import panel_row
-from .grad import attribution_mode, preserved_modes, seeded
+from .grad import seeded
 from .gradcam_layer import choose_layer, gradcam_target, trace_outputs
 from .methods import LABELS, Attributor, MethodSettings, to_map
 from .options import OPTIONS, as_methods, as_switch

@@ -7,6 +7,7 @@ import torch
 
 import rcdm_core as rc
 from rcdm_core.errors import ConfigError
+from rcdm_core.grad import input_gradient_mode
 from rcdm_core.images import save_rows
 from rcdm_core.progress import bar
 from rcdm_core.stats import cosine
@@ -60,35 +61,24 @@ def pgd_linf(
     x = pixels.detach().float().to(rep.device)
     if epsilon == 0 or steps == 0:
         return x.clone()
-    module = rep.encoder.module
-    was_training = module.training
-    flags = [p.requires_grad for p in module.parameters()]
-    module.eval()
-    for p in module.parameters():
-        p.requires_grad_(False)
-    try:
-        with torch.inference_mode(False), torch.enable_grad():
-            if objective == "toward":
-                if target is None:
-                    raise ConfigError("adversarial: objective 'toward' needs a target representation")
-                ref = target.detach().float().to(rep.device)
-            else:
-                ref = rep.encode_with_grad(x).detach()
-            delta = torch.zeros_like(x)
-            if random_start:
-                delta = (torch.rand(x.shape, generator=generator) * 2 - 1).to(x.device) * epsilon
+    with input_gradient_mode(rep.encoder.module):
+        if objective == "toward":
+            if target is None:
+                raise ConfigError("adversarial: objective 'toward' needs a target representation")
+            ref = target.detach().float().to(rep.device)
+        else:
+            ref = rep.encode_with_grad(x).detach()
+        delta = torch.zeros_like(x)
+        if random_start:
+            delta = (torch.rand(x.shape, generator=generator) * 2 - 1).to(x.device) * epsilon
+        delta = (x + delta).clamp(0, 1) - x
+        sign = -1.0 if objective == "away" else 1.0
+        for _ in bar(range(steps), desc="pgd", progress=progress):
+            delta.requires_grad_(True)
+            sim = cosine(rep.encode_with_grad(x + delta), ref).sum()
+            (grad,) = torch.autograd.grad(sign * sim, delta)
+            delta = (delta.detach() + step_size * grad.sign()).clamp(-epsilon, epsilon)
             delta = (x + delta).clamp(0, 1) - x
-            sign = -1.0 if objective == "away" else 1.0
-            for _ in bar(range(steps), desc="pgd", progress=progress):
-                delta.requires_grad_(True)
-                sim = cosine(rep.encode_with_grad(x + delta), ref).sum()
-                (grad,) = torch.autograd.grad(sign * sim, delta)
-                delta = (delta.detach() + step_size * grad.sign()).clamp(-epsilon, epsilon)
-                delta = (x + delta).clamp(0, 1) - x
-    finally:
-        module.train(was_training)
-        for p, f in zip(module.parameters(), flags):
-            p.requires_grad_(f)
     return torch.minimum(torch.maximum(x + delta, x - epsilon), x + epsilon).clamp(0, 1).detach()
 
 
