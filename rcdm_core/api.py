@@ -29,8 +29,23 @@ def load_encoder(
         raise CheckpointError(f"--weights {weights}: no such file")
     encoder = rec.factory(arg, weights, trust_checkpoint)
     encoder.module.eval()
-    rep = Representation(encoder, get_selector(layer), layer, input_norm)
+    try:
+        selector = get_selector(layer)
+    except ConfigError:
+        raise ConfigError(
+            f"unknown layer {layer!r} for encoder {name}; layers: {', '.join(available_layers(encoder))}"
+        ) from None
+    rep = Representation(encoder, selector, layer, input_norm)
     return rep.to(device)
+
+
+def available_layers(encoder) -> list[str]:
+    """Every layer spec the registered selectors offer for this encoder (for error messages and ``rcdm layers``)."""
+    m = get_manager()
+    names: list[str] = []
+    for rec_name in m.names("layer"):
+        names += [n for n in m.registry["layer"][rec_name].factory().names(encoder) if n not in names]
+    return names
 
 
 def get_selector(layer: str):
