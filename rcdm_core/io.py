@@ -188,6 +188,22 @@ def read_sidecar(path: str | Path) -> dict[str, Any] | None:
     if not side.exists():
         return None
     try:
-        return json.loads(side.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{side}: sidecar is not valid JSON ({exc})") from None
+        obj = json.loads(side.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{side}: sidecar is not valid JSON ({exc}); fix or delete it") from None
+    # every reader does sidecar.get(...) and reads these keys as tables: check the shape once, here
+    if not isinstance(obj, dict):
+        raise CheckpointError(
+            f"{side}: sidecar must be a JSON object, got {type(obj).__name__}; fix or delete it"
+        )
+    for key, want in _SIDECAR_TYPES.items():
+        if obj.get(key) is not None and not isinstance(obj[key], want):
+            raise CheckpointError(
+                f"{side}: sidecar key {key!r} must be a JSON {_JSON_NAMES[want]}, got {obj[key]!r}; fix or "
+                f"delete it"
+            )
+    return obj
+
+
+_SIDECAR_TYPES: dict[str, type] = {"denoiser": str, "flags": dict, "diffusion": dict, "architecture": dict}
+_JSON_NAMES = {str: "string", dict: "object"}
