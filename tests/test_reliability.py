@@ -200,6 +200,24 @@ def test_unreadable_checkpoints_are_one_line_naming_the_file(kind, damage, files
     assert not (tmp_path / "f.pt").exists() and not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize(
+    "sidecar, needles",
+    [
+        ("{not json", ["not valid JSON"]),
+        ("[1, 2]", ["must be a JSON object", "list"]),
+        ('{"denoiser": "adm", "flags": "big"}', ["'flags'", "JSON object"]),
+        ('{"denoiser": 5}', ["'denoiser'", "JSON string"]),
+    ],
+)
+def test_a_malformed_sidecar_is_one_line_naming_it(sidecar, needles, files, tmp_path, capsys, manager):
+    den = tmp_path / "model000001.pt"
+    den.write_bytes(files["den"].read_bytes())
+    den.with_suffix(".json").write_text(sidecar)
+    cli_error(
+        capsys, _sample_argv(den, files["cond"], tmp_path / "o"), str(den.with_suffix(".json")), *needles
+    )
+
+
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 def test_nan_or_inf_weights_are_refused_naming_the_key_on_every_loader(
     value, files, tmp_path, capsys, manager
