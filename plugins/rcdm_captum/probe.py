@@ -400,7 +400,7 @@ class ArmAttribution:
             ident = re.sub(
                 r"[^A-Za-z0-9_.-]+", "_", str(self.ctx.ids[i]) if i < len(self.ctx.ids) else str(i)
             )
-            path = out_dir / f"{self.arm.name}_{i:03d}_{ident[:40]}.png"
+            path = out_dir / f"{_stem(self.arm.name)}_{i:03d}_{ident[:40]}.png"
             panel_row(path, self.images[i], rcdm[i]["samples"], maps, attrs_, scores)
             paths.append(str(path.relative_to(self.ctx.out_dir)))
         return paths
@@ -415,11 +415,16 @@ class ArmAttribution:
             },
             "rcdm": {k: torch.stack([r[k] for r in rcdm]) for k in rcdm[0] if k != "samples"},
         }
-        atomic_torch_save(maps, self.ctx.probe_dir("attribution") / f"{self.arm.name}_maps.pt")
+        atomic_torch_save(maps, self.ctx.probe_dir("attribution") / f"{_stem(self.arm.name)}_maps.pt")
 
     def _write_per_image(self, per_image: list[dict[str, Any]]) -> None:
         ids = [str(self.ctx.ids[i]) if i < len(self.ctx.ids) else str(i) for i in range(len(per_image))]
         atomic_write_json(
-            self.ctx.probe_dir("attribution") / f"{self.arm.name}_per_image.json",
+            self.ctx.probe_dir("attribution") / f"{_stem(self.arm.name)}_per_image.json",
             {"ids": ids, "images": per_image, "options": {k: v for k, v in self.o.items()}},
         )
+
+
+def _stem(name: str) -> str:
+    """An arm name as part of a file name: no separators, so the file stays in the probe folder."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
