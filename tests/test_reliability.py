@@ -299,6 +299,16 @@ def test_code_running_pickle_is_refused_unless_trusted_and_the_code_does_not_run
     assert marker.exists() and model.cond_dim == 16
 
 
+def test_random_weights_are_never_silent(tmp_path, capsys, manager):
+    """No --weights: the encoder is random, and the user is told on stderr, on stdout and in the file's meta."""
+    out = tmp_path / "f.pt"
+    assert main(["encode", "--encoder", "ssl-small", "--data", "builtin:digits", "--limit", "2", "--out", str(out),
+                 "--no-progress", "--device", "cpu"]) == 0  # fmt: skip
+    std = capsys.readouterr()
+    assert "RANDOM weights" in std.err and "RANDOM encoder weights" in std.out
+    assert safe_load(out)["meta"]["random_weights"] is True
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_files_load_and_are_cast_to_float32(dtype, files, tmp_path, manager):
     import timm
