@@ -274,7 +274,9 @@ def _run(args) -> int:
 COMMAND = CommandRecord(
     name="train",
     help="train a representation-conditional denoiser (ADM UNet) on a frozen encoder",
-    description=__doc__.split("\n\n")[1].replace("\n", " ") if __doc__ else "",
+    description="Train a representation-conditional denoiser on a frozen encoder's representations. "
+    "--batch-size is the GLOBAL batch over all processes (the official --batch_size was per GPU); the same "
+    "command under torchrun --nproc_per_node N trains with DDP.",
     add_arguments=_add,
     run=_run,
     example="rcdm train --encoder ssl-small --weights enc.pt --layer backbone --data builtin:photos?size=32 "
