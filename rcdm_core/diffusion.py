@@ -317,12 +317,14 @@ class Diffusion:
         cond: torch.Tensor,
         noise: torch.Tensor | None = None,
         learn_sigma: bool | None = None,
+        rescale_learned_sigmas: bool = False,
     ) -> dict[str, torch.Tensor]:
         """The official hybrid loss, per example: {"loss", "mse", "vb"} each (N,).
 
         x0: (N, C, H, W) in [-1, 1]; t: (N,) respaced indices; cond: (N, D). The model is called as
         ``model(x_t, timestep_map[t], cond)``. With learned sigma, vb (bits) trains only the variance: the mean
         comes from the DETACHED epsilon; at t = 0 the discretised decoder NLL replaces the KL.
+        ``rescale_learned_sigmas`` (official flag, default off) multiplies vb by num_timesteps / 1000.
         """
         if noise is None:
             noise = torch.randn_like(x0)
@@ -337,6 +339,8 @@ class Diffusion:
             return {"loss": mse, "mse": mse, "vb": torch.zeros_like(mse)}
         frozen = torch.cat([eps.detach(), out[:, channels:]], dim=1)
         vb = self.vb_terms_bpd(frozen, x0, x_t, t)
+        if rescale_learned_sigmas:  # the official option (off in the RCDM flags): vb * T / 1000
+            vb = vb * (self.num_timesteps / 1000.0)
         return {"loss": mse + vb, "mse": mse, "vb": vb}
 
     def vb_terms_bpd(

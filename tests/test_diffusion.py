@@ -216,3 +216,12 @@ def test_uniform_timestep_sampling_is_seeded_and_covers_range():
     a = diff.sample_timesteps(2000, torch.Generator().manual_seed(3))
     b = diff.sample_timesteps(2000, torch.Generator().manual_seed(3))
     assert torch.equal(a, b) and set(a.tolist()) == set(range(10))
+
+
+def test_rescale_learned_sigmas_multiplies_vb_by_T_over_1000():
+    diff = Diffusion.from_flags(250, "linear")
+    net = _Net()
+    x0, noise, t = torch.rand(2, 3, 8, 8) * 2 - 1, torch.randn(2, 3, 8, 8), torch.tensor([3, 100])
+    plain = diff.training_losses(net, x0, t, torch.zeros(2), noise=noise)
+    scaled = diff.training_losses(net, x0, t, torch.zeros(2), noise=noise, rescale_learned_sigmas=True)
+    assert torch.allclose(scaled["vb"], plain["vb"] * 0.25) and torch.equal(scaled["mse"], plain["mse"])
