@@ -7,6 +7,8 @@ from typing import Any
 
 # The invariance probe's own thresholds for its verdicts (carried >= 0.5, not carried <= 0.2).
 CARRIED, IGNORED = 0.5, 0.2
+# Differences in "carried" smaller than this count as no difference between the arms.
+SAME = 0.05
 LABELS = {
     "grayscale": "grayscale",
     "color_jitter": "colour jitter",
@@ -37,34 +39,44 @@ def findings_reading(
     inv = doc.get("probes", {}).get("invariance", {}).get("metrics", {})
     if backbone not in inv or projector not in inv:
         return []
-    sentences, agree = [], []
+    sentences, diffs = [], []
     for aug in ("grayscale", "color_jitter", "flip", "crop", "blur"):
         b, p = _carried(inv, backbone, aug), _carried(inv, projector, aug)
         if b is None or p is None:
             continue
         if aug in ("grayscale", "color_jitter"):
-            agree.append(b > p)
+            diffs.append(b - p)
         sentences.append(
             f"{LABELS[aug]}: {_word(b)} through the {backbone} ({b:.2f}), {_word(p)} through the {projector} "
             f"({p:.2f})"
         )
     if not sentences:
         return []
-    if agree and all(agree):
-        verdict = (
-            f"As in the paper (findings 1 and 2), the {backbone} kept more of the colour augmentations than the "
-            f"{projector}, which is closer to invariant to them."
-        )
-    elif agree and not any(agree):
-        verdict = (
-            f"Unlike the paper's findings 1 and 2, the {projector} kept at least as much of the colour "
-            f"augmentations as the {backbone} in this run."
-        )
-    else:
-        verdict = "The two colour augmentations disagree on which arm keeps more, so findings 1 and 2 are mixed here."
     return [
         "Reading of findings 1 and 2 (how much of each augmentation the samples carry, 1 = all, 0 = none): "
         + "; ".join(sentences)
         + ". "
-        + verdict
+        + _verdict(diffs, backbone, projector)
     ]
+
+
+def _verdict(diffs: list[float], backbone: str, projector: str) -> str:
+    """From the backbone-minus-projector differences of the colour augmentations' ``carried``."""
+    if not diffs:
+        return "Neither grayscale nor colour jitter was probed, so findings 1 and 2 are not read here."
+    if all(abs(d) <= SAME for d in diffs):
+        return (
+            f"The {backbone} and the {projector} carried about the same amount of the colour augmentations "
+            f"(within {SAME}), so this run does not separate them."
+        )
+    if all(d > SAME for d in diffs):
+        return (
+            f"As in the paper (findings 1 and 2), the {backbone} kept more of the colour augmentations than the "
+            f"{projector}, which is closer to invariant to them."
+        )
+    if all(d < -SAME for d in diffs):
+        return (
+            f"Unlike the paper's findings 1 and 2, the {projector} kept more of the colour augmentations than "
+            f"the {backbone} in this run."
+        )
+    return "Grayscale and colour jitter disagree on which arm keeps more, so findings 1 and 2 are mixed here."
