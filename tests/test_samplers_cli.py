@@ -104,6 +104,8 @@ def test_bad_sampler_string_exits_with_one_line(tmp_path, checkpoint, cond_file,
     assert _sample(checkpoint, cond_file[0], tmp_path / "o", "--sampler", "ddpm:0") == 2
     err = capsys.readouterr().err
     assert "accepted: ddpm:N" in err and err.count("\n") == 1
+    assert _sample(checkpoint, cond_file[0], tmp_path / "o", "--n", "0") == 2
+    assert "--n, --batch-size and --n-images must be at least 1" in capsys.readouterr().err
 
 
 def test_two_ranks_give_the_same_samples_as_one(tmp_path, checkpoint, cond_file):

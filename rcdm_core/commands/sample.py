@@ -28,7 +28,9 @@ def _add(p) -> None:
     p.add_argument("--checkpoint", required=True, help="denoiser checkpoint (model/ema .pt or .safetensors)")
     src = p.add_argument_group("condition on images (encode them) or on saved vectors")
     src.add_argument("--data", help="image source: builtin:photos, folder:PATH, idx:PATH, ...")
-    src.add_argument("--n-images", type=int, default=None, help="take at most this many images from --data")
+    src.add_argument(
+        "--n-images", type=int, default=None, help="take at most this many images (or --cond rows)"
+    )
     src.add_argument("--cond", help="a representation file from `rcdm encode` (ids, features (N, D), meta)")
     src.add_argument(
         "--encoder", help="encoder for --data (default: the one the checkpoint's sidecar records)"
@@ -70,6 +72,8 @@ def _conditions_from_file(path: str, denoiser, checkpoint: str) -> tuple[list[st
     if not isinstance(feats, torch.Tensor) or feats.ndim != 2:
         raise DataError(f"--cond {path}: expected an `rcdm encode` file holding features (N, D)")
     feats = feats.float()
+    if len(feats) == 0:
+        raise DataError(f"--cond {path}: holds no vectors")
     if feats.shape[1] != denoiser.cond_dim:
         raise ConfigError(
             f"--cond {path}: vectors have dimension {feats.shape[1]} but checkpoint {checkpoint} expects "
@@ -186,8 +190,10 @@ def _run(args) -> int:
         raise ConfigError(
             "give exactly one of --data SRC (images to encode) or --cond FILE.pt (saved vectors)"
         )
-    if args.n < 1 or args.batch_size < 1:
-        raise ConfigError(f"--n and --batch-size must be at least 1 (got {args.n} and {args.batch_size})")
+    if args.n < 1 or args.batch_size < 1 or (args.n_images is not None and args.n_images < 1):
+        raise ConfigError(
+            f"--n, --batch-size and --n-images must be at least 1 (got {args.n}, {args.batch_size}, {args.n_images})"
+        )
     device = dist.resolve_device(args.device)
     started = dist.init_from_env(device)
     seed_everything(args.seed)
@@ -195,6 +201,8 @@ def _run(args) -> int:
     denoiser = load_denoiser(args.checkpoint, trust_checkpoint=args.trust_checkpoint, device=device)
     if args.cond:
         ids, cond, originals = _conditions_from_file(args.cond, denoiser, args.checkpoint)
+        if args.n_images is not None:
+            ids, cond = ids[: args.n_images], cond[: args.n_images]
     else:
         ids, cond, originals = _conditions_from_images(args, denoiser, device)
     samples = _sample_rows(args, sampler, denoiser, cond.to(device), device)
