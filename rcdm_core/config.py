@@ -187,6 +187,18 @@ def parse_opt_assignments(items: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def parse_bool(value: Any, what: str = "value") -> bool:
+    """True/False from a bool or the usual spellings (true/false, 1/0, yes/no, on/off, t/f, y/n)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on", "t", "y"):
+        return True
+    if text in ("false", "0", "no", "off", "f", "n"):
+        return False
+    raise ConfigError(f"{what} must be true or false, got {value!r}")
+
+
 def parse_value(text: str) -> Any:
     try:
         return tomllib.loads(f"v = {text}")["v"]

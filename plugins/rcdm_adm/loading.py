@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 import rcdm_core as rc
+from rcdm_core.config import parse_bool
 from rcdm_core.training import load_state_strict
 
 from .unet import DEFAULT_CHANNEL_MULT, ADMUNet
@@ -37,14 +38,7 @@ FLAG_NAMES = tuple(p for p in inspect.signature(ADMUNet.__init__).parameters if 
 
 
 def _to_bool(name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("true", "1", "yes", "t", "y"):
-        return True
-    if text in ("false", "0", "no", "f", "n"):
-        return False
-    raise rc.ConfigError(f"{name} must be True or False, got {value!r}")
+    return parse_bool(value, name)
 
 
 def normalise_flags(flags: dict[str, Any]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ listing plugins stays fast.
 from __future__ import annotations
 
 import rcdm_core as rc
+from rcdm_core.config import parse_bool
 
 DEFAULT_MAX_PIXELS = 64_000_000
 
@@ -19,14 +20,10 @@ def _positive_int(value: object) -> int:
 
 
 def _to_bool(value: object) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ValueError("expected true or false")
+    try:
+        return parse_bool(value)
+    except rc.ConfigError:
+        raise ValueError("expected true or false") from None
 
 
 def _non_negative_float(value: object) -> float:

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from rcdm_core import noise as rnoise
+from rcdm_core.config import parse_bool as _parse_bool
 from rcdm_core.diffusion import Diffusion
 from rcdm_core.errors import ConfigError
 from rcdm_core.interfaces import ConditionalDenoiser, Sampler
@@ -24,14 +25,7 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def parse_bool(name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"sampler key {name}={value!r}: expected true or false")
+    return _parse_bool(value, f"sampler key {name}")
 
 
 def parse_float(name: str, value: Any) -> float:

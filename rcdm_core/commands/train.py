@@ -17,6 +17,7 @@ import torch
 
 from .. import dist
 from ..api import build_denoiser, load_denoiser, load_encoder
+from ..config import parse_bool
 from ..data import load_images
 from ..diffusion import Diffusion
 from ..errors import ConfigError
@@ -50,12 +51,7 @@ MODEL_FLAGS: dict[str, tuple[type, str]] = {
 
 
 def _bool(text: str) -> bool:
-    low = str(text).strip().lower()
-    if low in ("true", "1", "yes", "t"):
-        return True
-    if low in ("false", "0", "no", "f"):
-        return False
-    raise ConfigError(f"expected True or False, got {text!r}")
+    return parse_bool(text, "a boolean model flag")
 
 
 def _add(p) -> None:
