@@ -35,6 +35,12 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb") -> Path:
     """Write through a temporary file in the same folder, fsync, then rename over ``path``.
 
@@ -49,6 +55,7 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         if _before_replace_hook is not None:
             _before_replace_hook(tmp_path)
         os.replace(tmp_path, path)
