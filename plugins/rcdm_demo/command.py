@@ -19,7 +19,7 @@ def _add(p) -> None:
     p.add_argument(
         "--fast",
         action="store_true",
-        help="a seconds-long smoke run: every probe and figure, tiny counts (ddim:2, 3 images); with --retrain, "
+        help="a seconds-long smoke run: every probe and figure, tiny counts (ddim:2, 3 images, 2 samples); with --retrain, "
         "a few steps per model instead of the recorded counts",
     )
     p.add_argument(

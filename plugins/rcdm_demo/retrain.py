@@ -33,8 +33,20 @@ from . import settings as S
 from .progress import say
 
 # How the model cards' faithfulness numbers are measured (the faithfulness probe, both arms).
-EVAL = {"sampler": "ddim:25", "n_images": 32, "n_samples": 2, "reference_limit": 256, "seed": 0}
-EVAL_FAST = {"sampler": "ddim:2", "n_images": 4, "n_samples": 1, "reference_limit": 16, "seed": 0}
+EVAL = {
+    "sampler": "dpm-solver++:20,spacing=leading",
+    "n_images": 32,
+    "n_samples": 2,
+    "reference_limit": 256,
+    "seed": 0,
+}
+EVAL_FAST = {
+    "sampler": "ddim:2,spacing=leading",
+    "n_images": 4,
+    "n_samples": 1,
+    "reference_limit": 16,
+    "seed": 0,
+}
 FAST_STEPS = "2"
 
 
