@@ -4,7 +4,7 @@ Each command is a template whose ``{out}`` is the retrain folder (``runs/demo-re
 were made). The model cards (the JSON sidecars in ``weights/``) record the command each file came from; the
 test suite checks that they equal this recipe, so the two cannot drift apart.
 
-Why these sizes (a shared 2-core CPU; about 4 + 2 x 35 minutes, or 40 with the RCDMs side by side):
+Why these sizes (a shared 2-core CPU; `rcdm demo --retrain` takes about 4 + 40 minutes, the RCDMs side by side):
 - encoder: ``ssl-small`` at width 16 (stages 16-32-64-128, a 128-d backbone and a 512-128 projector), SimCLR
   on the training patches, 300 steps of 128 images (two views each): about 4 minutes on one core.
 - RCDMs: an ADM UNet of 1.4 million parameters (32 channels, channel_mult 1,2,2, one res block per level,
@@ -16,8 +16,9 @@ Why these sizes (a shared 2-core CPU; about 4 + 2 x 35 minutes, or 40 with the R
   linear one, the last third of the timesteps is almost pure noise, the loss there barely depends on the
   condition, and a first run at this budget (linear, 5e-4) learned to use the condition only below t = 500,
   so its samples' colours and layout, decided at high t, ignored it (faithfulness at chance).
-Run them with ``OMP_NUM_THREADS=1`` on a machine where other work competes for the cores: small tensor
-operations with two threads on an oversubscribed CPU were measured 10-20x slower than with one.
+``--retrain`` runs them with ``OMP_NUM_THREADS=1`` (unless set): small tensor operations with two threads on
+an oversubscribed CPU were measured 10-20x slower than with one. The shipped RCDMs were trained 1600 steps,
+then resumed (``--resume``, which gives the same weights as an uninterrupted run) to 4000.
 """
 
 from __future__ import annotations

@@ -73,13 +73,26 @@ def concrete(template: list[str], out: Path, fast: bool) -> list[str]:
     return argv
 
 
-def run_command(argv: list[str], device: str) -> None:
-    """``rcdm ARGS`` as a subprocess (``python -m rcdm_core ARGS --device D``); stops on failure."""
-    cmd = [sys.executable, "-m", "rcdm_core", *argv[1:], "--device", device]
-    say("running: " + shlex.join(argv))
-    code = subprocess.call(cmd)
-    if code != 0:
-        raise RcdmError(f"the recorded command failed with exit code {code}: {shlex.join(argv)}")
+def run_commands(commands: list[list[str]], device: str) -> None:
+    """``rcdm ARGS`` for each command, side by side as subprocesses (``python -m rcdm_core ARGS --device D``);
+    stops on the first failure. On CPU each gets one thread unless OMP_NUM_THREADS is set: on a 2-core machine
+    the two RCDMs then train at once, and a busy machine does not slow small tensor operations to a crawl."""
+    env = dict(os.environ)
+    if device != "cuda":
+        env.setdefault("OMP_NUM_THREADS", "1")
+    procs = []
+    for argv in commands:
+        say("running: " + shlex.join(argv))
+        cmd = [sys.executable, "-m", "rcdm_core", *argv[1:], "--device", device]
+        procs.append((argv, subprocess.Popen(cmd, env=env)))
+    for argv, proc in procs:
+        if proc.wait() != 0:
+            for _, other in procs:
+                if other.poll() is None:
+                    other.terminate()
+            raise RcdmError(
+                f"the recorded command failed with exit code {proc.returncode}: {shlex.join(argv)}"
+            )
 
 
 def final_loss(produced: Path) -> float | None:
@@ -171,12 +184,17 @@ def retrain(out: Path, fast: bool = False, device: str = "auto", weights_dir: Pa
     shipped = read_cards(weights_dir)
     cards: dict[str, dict[str, Any]] = {}
     with demo_session(1):
-        for name, template in templates(shipped).items():
-            argv = concrete(template, out, fast)
+        todo = {name: concrete(t, out, fast) for name, t in templates(shipped).items()}
+        for name, argv in todo.items():
             if Path(R.produced_file(argv)).exists():
                 say(f"{name}: {R.produced_file(argv)} exists, not trained again (delete {out} to start over)")
-            else:
-                run_command(argv, device)
+        missing = {n: a for n, a in todo.items() if not Path(R.produced_file(a)).exists()}
+        # the encoder first (the RCDMs read it), then both RCDMs side by side
+        first = [a for n, a in missing.items() if n == S.ENCODER_FILE]
+        run_commands(first, device)
+        run_commands([a for n, a in missing.items() if n != S.ENCODER_FILE], device)
+        for name, argv in todo.items():
+            template = templates(shipped)[name]
             cards[name] = collect(name, argv, template, out, device)
             atomic_write_json((out / "weights" / name).with_suffix(".json"), cards[name])
         say("evaluating faithfulness of both RCDMs (as the model cards were)")
