@@ -231,6 +231,12 @@ class Diffusion:
         """Uniform timestep indices (n,) long in 0..num_timesteps-1 (uniform importance weights are all 1)."""
         return torch.randint(0, self.num_timesteps, (n,), generator=generator).to(device)
 
+    def p2_weights(self, t: torch.Tensor, gamma: float, k: float = 1.0) -> torch.Tensor:
+        """P2 weights (N,) float32: ``1 / (k + SNR(t)) ** gamma`` with SNR = alphabar / (1 - alphabar)."""
+        snr = self.extract("alphas_cumprod", t, 1).double()
+        snr = snr / (1.0 - snr)
+        return (1.0 / (float(k) + snr) ** float(gamma)).float()
+
     # -- forward process and posterior ------------------------------------------------------------------------
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -318,6 +324,8 @@ class Diffusion:
         noise: torch.Tensor | None = None,
         learn_sigma: bool | None = None,
         rescale_learned_sigmas: bool = False,
+        p2_gamma: float = 0.0,
+        p2_k: float = 1.0,
     ) -> dict[str, torch.Tensor]:
         """The official hybrid loss, per example: {"loss", "mse", "vb"} each (N,).
 
@@ -325,6 +333,11 @@ class Diffusion:
         ``model(x_t, timestep_map[t], cond)``. With learned sigma, vb (bits) trains only the variance: the mean
         comes from the DETACHED epsilon; at t = 0 the discretised decoder NLL replaces the KL.
         ``rescale_learned_sigmas`` (official flag, default off) multiplies vb by num_timesteps / 1000.
+        ``p2_gamma`` > 0 weights each example's mse by ``1 / (p2_k + SNR(t)) ** p2_gamma`` with
+        SNR = alphabar / (1 - alphabar): the perception-prioritised (P2) weighting of Choi et al., CVPR 2022,
+        with the flag names of their guided-diffusion fork. It shifts training towards the noisy steps where
+        colour and layout (and so the condition) are decided; vb is left as it is. 0 (default) = off, the
+        official loss bit for bit.
         """
         if noise is None:
             noise = torch.randn_like(x0)
@@ -335,6 +348,8 @@ class Diffusion:
         channels = x0.shape[1]
         eps = out[:, :channels]
         mse = _mean_flat((noise - eps) ** 2)
+        if p2_gamma:
+            mse = mse * self.p2_weights(t, p2_gamma, p2_k)
         if not learn_sigma:
             return {"loss": mse, "mse": mse, "vb": torch.zeros_like(mse)}
         frozen = torch.cat([eps.detach(), out[:, channels:]], dim=1)

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from rcdm_adm.loading import RELEASE_FLAGS, build, resolve_flags
-from rcdm_adm.unet import AttentionBlock, attention_einsum, attention_sdpa
+from rcdm_adm.unet import AttentionBlock, attention_einsum, attention_sdpa, normalization
 
 import rcdm_core as rc
 
@@ -52,6 +52,7 @@ def test_release_layout_without_sidecar_infers_shapes_and_assumes_release_flags(
             "use_new_attention_order",
             "diffusion_steps",
             "noise_schedule",
+            "norm_groups",
         )
     }
     assert flags["cond_dim"] == cond_dim and flags["channel_mult"] == "1,1,2,3,4"
@@ -419,3 +420,30 @@ def test_registered_through_the_entry_point(manager):
     )
     assert isinstance(model, rc.ConditionalDenoiser) and model.diffusion_steps == 1000
     assert model.noise_schedule == "linear" and model.cond_dim == 8 and model.image_size == 16
+
+
+def test_norm_groups_sets_every_groupnorm_and_is_checked():
+    m = build(
+        image_size=16, num_channels=32, channel_mult="1,2", num_res_blocks=1, attention_resolutions="8",
+        cond_dim=4, norm_groups=8,
+    )  # fmt: skip
+    norms = [mod for mod in m.modules() if isinstance(mod, torch.nn.GroupNorm)]
+    assert norms and {mod.num_groups for mod in norms} == {8} and m.flags["norm_groups"] == 8
+    small = dict(image_size=16, num_channels=32, channel_mult="1,2", attention_resolutions="8", cond_dim=4)
+    assert {mod.num_groups for mod in build(**small).modules() if isinstance(mod, torch.nn.GroupNorm)} == {32}
+    with pytest.raises(rc.ConfigError, match="multiple of 24"):
+        build(**small, norm_groups=24)
+
+
+def test_one_channel_per_group_cannot_carry_a_per_image_constant_to_the_output():
+    # Why norm_groups exists: the output head is GN -> SiLU -> conv. With one channel per group GN removes
+    # every channel's spatial mean, so features that differ between two images only by a constant per
+    # channel (what a global colour from the condition looks like) give the same output; with 4 channels per
+    # group the differences between channels of a group survive.
+    torch.manual_seed(0)
+    h = torch.randn(1, 32, 8, 8)
+    shift = torch.randn(1, 32, 1, 1)
+    one = normalization(32, 32)
+    four = normalization(32, 8)
+    assert torch.allclose(one(h), one(h + shift), atol=1e-5)
+    assert (four(h) - four(h + shift)).abs().max() > 0.1

@@ -225,3 +225,19 @@ def test_rescale_learned_sigmas_multiplies_vb_by_T_over_1000():
     plain = diff.training_losses(net, x0, t, torch.zeros(2), noise=noise)
     scaled = diff.training_losses(net, x0, t, torch.zeros(2), noise=noise, rescale_learned_sigmas=True)
     assert torch.allclose(scaled["vb"], plain["vb"] * 0.25) and torch.equal(scaled["mse"], plain["mse"])
+
+
+def test_p2_weighting_scales_mse_by_one_minus_alphabar_for_gamma_1_k_1():
+    # 1 / (1 + SNR) with SNR = abar / (1 - abar) is exactly 1 - abar; gamma 0.5 gives its square root.
+    diff = Diffusion.from_flags(1000, "cosine")
+    net = _Net()
+    x0, noise, t = torch.rand(2, 3, 8, 8) * 2 - 1, torch.randn(2, 3, 8, 8), torch.tensor([10, 900])
+    plain = diff.training_losses(net, x0, t, torch.zeros(2), noise=noise)
+    abar = torch.tensor(diff.alphas_cumprod[[10, 900]], dtype=torch.float64)
+    for gamma, want in ((1.0, 1 - abar), (0.5, (1 - abar).sqrt())):
+        p2 = diff.training_losses(net, x0, t, torch.zeros(2), noise=noise, p2_gamma=gamma, p2_k=1.0)
+        assert torch.allclose(p2["mse"].double(), plain["mse"].double() * want, rtol=1e-5)
+        assert torch.equal(p2["vb"], plain["vb"])
+    assert 1 - abar[0] < 0.01 < 0.9 < 1 - abar[1]  # the low-noise step is weighted ~100x less
+    off = diff.training_losses(net, x0, t, torch.zeros(2), noise=noise, p2_gamma=0.0)
+    assert torch.equal(off["loss"], plain["loss"])

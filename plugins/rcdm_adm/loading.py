@@ -26,13 +26,13 @@ RELEASE_FLAGS: dict[str, Any] = dict(
     image_size=128, num_channels=256, num_res_blocks=2, channel_mult="1,1,2,3,4", attention_resolutions="32,16,8",
     num_heads=4, num_head_channels=-1, num_heads_upsample=-1, use_new_attention_order=False, learn_sigma=True,
     use_scale_shift_norm=True, resblock_updown=True, dropout=0.0, use_fp16=False, use_checkpoint=False,
-    cond_dim=2048, diffusion_steps=1000, noise_schedule="linear",
+    cond_dim=2048, diffusion_steps=1000, noise_schedule="linear", norm_groups=32,
 )  # fmt: skip
 RELEASE_NUM_TENSORS = 494
 
 # Flags a state dict cannot tell, with the release value assumed when neither a sidecar nor a flag gives one.
 NOT_IN_STATE = ("image_size", "num_heads", "num_head_channels", "use_new_attention_order", "diffusion_steps",
-                "noise_schedule")  # fmt: skip
+                "noise_schedule", "norm_groups")  # fmt: skip
 
 FLAG_NAMES = tuple(p for p in inspect.signature(ADMUNet.__init__).parameters if p != "self")
 

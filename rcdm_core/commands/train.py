@@ -47,6 +47,11 @@ MODEL_FLAGS: dict[str, tuple[type, str]] = {
     "use_checkpoint": ("bool", "gradient checkpointing: less memory, ~30%% more compute (default False)"),
     "diffusion_steps": (int, "T (default 1000)"),
     "noise_schedule": (str, "linear or cosine (default linear)"),
+    "norm_groups": (
+        int,
+        "GroupNorm groups (default 32, the release); below 128 channels give fewer, e.g. 8 at 32: "
+        "with one channel per group no per-image constant such as the colour reaches the output",
+    ),
 }
 
 
@@ -104,6 +109,14 @@ def _add(p) -> None:
     t.add_argument(
         "--resume", action="store_true", help="continue from the newest complete checkpoint in --out"
     )
+    t.add_argument(
+        "--p2-gamma",
+        type=float,
+        default=0.0,
+        help="P2 loss weighting 1/(k+SNR)^gamma on the mse term (Choi et al. 2022): trains the noisy steps "
+        "that decide colour and layout harder; 0 = off, the official loss (default 0)",
+    )
+    t.add_argument("--p2-k", type=float, default=1.0, help="the k of --p2-gamma's weighting (default 1)")
     t.add_argument("--init", help="start from this denoiser checkpoint (fine-tuning, e.g. a released RCDM)")
     t.add_argument(
         "--cache-cond",
@@ -174,6 +187,9 @@ class DenoiserTask:
         self.rep, self.device, self.seed = rep, device, int(args.seed)
         self.size = int(model.image_size)
         self.learn_sigma = bool(model.learn_sigma)
+        if args.p2_gamma < 0 or args.p2_k <= 0:
+            raise ConfigError(f"--p2-gamma must be >= 0 and --p2-k > 0, got {args.p2_gamma} and {args.p2_k}")
+        self.p2 = {"p2_gamma": float(args.p2_gamma), "p2_k": float(args.p2_k)}
         self.diffusion = Diffusion.from_flags(model.diffusion_steps, model.noise_schedule)
         enc_size = 224 if rep.input_norm == "rcdm" else int(getattr(rep.encoder, "input_size", 224))
         self.ids, pixels = load_images(args.data, limit=args.n_images, size=max(self.size, enc_size))
@@ -220,7 +236,7 @@ class DenoiserTask:
         t = torch.cat(ts).to(self.device)
         noise = torch.stack(noises).to(self.device)
         terms = self.diffusion.training_losses(
-            model, x0, t, batch["cond"], noise, learn_sigma=self.learn_sigma
+            model, x0, t, batch["cond"], noise, learn_sigma=self.learn_sigma, **self.p2
         )
         loss = terms["loss"].mean()
         return loss, {"mse": float(terms["mse"].detach().mean()), "vb": float(terms["vb"].detach().mean())}
@@ -250,6 +266,7 @@ def _run(args) -> int:
         "encoder": args.encoder, "weights": args.weights, "weights_sha256": rep.encoder.meta.get("sha256"),
         "layer": args.layer, "input_norm": args.input_norm, "cond_dim": rep.dim,
         "data": args.data, "n_images": len(task.ids), "init": args.init, "seed": args.seed,
+        "loss": {"hybrid": task.learn_sigma, **task.p2},
         "command": "rcdm " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["train"] else "rcdm train",
     }  # fmt: skip
     cfg = TrainConfig(
