@@ -12,7 +12,9 @@ from rcdm_captum.probe import AttributionProbe
 from torch import nn
 
 import rcdm_core as rc
-from rcdm_core.noise import STEP_INIT, sample_noise
+from rcdm_core.noise import sample_noise
+
+from .toys import ToySampler
 
 SIZE = 32
 REGION = (slice(8, 20), slice(12, 24))  # 12 x 12 pixels on the 4-pixel grid: 144 / 1024 = 14.0625 %
@@ -114,29 +116,16 @@ class TinyDenoiser(rc.ConditionalDenoiser):
         return self.conv(x_t) + bias
 
 
-class FakeSampler(rc.Sampler):
+class FakeSampler(ToySampler):
     """Deterministic given (seed, sample id): x_T and each step's noise come from rcdm_core.noise."""
 
     name = "fake"
 
-    def sample(
-        self,
-        denoiser,
-        cond,
-        *,
-        seed=0,
-        sample_ids=None,
-        x_T=None,
-        generator=None,
-        progress=True,
-        callback=None,
-    ):
-        ids = list(range(len(cond))) if sample_ids is None else list(sample_ids)
-        shape = (3, denoiser.image_size, denoiser.image_size)
-        x = sample_noise(shape, seed, ids, STEP_INIT) if x_T is None else x_T
+    def draw(self, denoiser, cond, x_T, seed, ids):
+        x = x_T
         for step in range(3):
             t = torch.full((len(x),), 9 - 3 * step)
-            x = 0.7 * x - 0.3 * denoiser(x, t, cond) + 0.1 * sample_noise(shape, seed, ids, step)
+            x = 0.7 * x - 0.3 * denoiser(x, t, cond) + 0.1 * sample_noise(x.shape[1:], seed, ids, step)
         return torch.tanh(x)
 
 

@@ -10,7 +10,10 @@ import torch
 
 import rcdm_core as rc
 from rcdm_core.config import build_config, tomllib
+from rcdm_core.noise import sample_noise
 from rcdm_core.run import execute
+
+from .toys import ToySampler
 
 
 class MeanColour(rc.Encoder):
@@ -55,26 +58,12 @@ class Flat(rc.ConditionalDenoiser):
         return torch.zeros_like(x)
 
 
-class Paint(rc.Sampler):
+class Paint(ToySampler):
     def __init__(self, steps):
         self.steps = steps
 
-    def sample(
-        self,
-        denoiser,
-        cond,
-        *,
-        seed=0,
-        sample_ids=None,
-        x_T=None,
-        generator=None,
-        progress=True,
-        callback=None,
-    ):
-        from rcdm_core.noise import sample_noise
-
-        s = denoiser.image_size
-        noise = sample_noise((3, s, s), seed, range(len(cond)) if sample_ids is None else sample_ids, 0)
+    def draw(self, denoiser, cond, x_T, seed, ids):
+        noise = sample_noise(x_T.shape[1:], seed, ids, 0)
         return (cond[:, :, None, None] * 2 - 1 + 0.1 * noise).clamp(-1, 1)
 
 

@@ -13,7 +13,8 @@ from torch import nn
 
 import rcdm_core as rc
 from rcdm_core.augment import gray
-from rcdm_core.noise import STEP_INIT, sample_noise
+
+from .toys import ToySampler
 
 SIDE = 16
 
@@ -109,28 +110,11 @@ def tinted_luma_decoder(cond):
     return cond.view(-1, 1, SIDE, SIDE) * TINT
 
 
-class OneStepSampler(rc.Sampler):
+class OneStepSampler(ToySampler):
     name = "onestep"
 
-    def sample(
-        self,
-        denoiser,
-        cond,
-        *,
-        seed=0,
-        sample_ids=None,
-        x_T=None,
-        generator=None,
-        progress=True,
-        callback=None,
-    ):
-        ids = list(range(len(cond))) if sample_ids is None else list(sample_ids)
-        x = (
-            x_T
-            if x_T is not None
-            else sample_noise((3, denoiser.image_size, denoiser.image_size), seed, ids, STEP_INIT)
-        )
-        return denoiser(x, torch.zeros(len(cond), dtype=torch.long), cond).clamp(-1, 1)
+    def draw(self, denoiser, cond, x_T, seed, ids):
+        return denoiser(x_T, torch.zeros(len(cond), dtype=torch.long), cond).clamp(-1, 1)
 
 
 def arm(name: str, encoder: FnEncoder, decode=pixels_decoder, noise: float = 0.0) -> rc.ArmRuntime:
