@@ -447,3 +447,15 @@ def test_one_channel_per_group_cannot_carry_a_per_image_constant_to_the_output()
     four = normalization(32, 8)
     assert torch.allclose(one(h), one(h + shift), atol=1e-5)
     assert (four(h) - four(h + shift)).abs().max() > 0.1
+
+
+def test_a_sidecar_without_norm_groups_loads_with_32_silently(tmp_path, capsys):
+    # Sidecars written before the flag existed give every other flag; 32 groups was the only choice then.
+    flags = dict(image_size=16, num_channels=32, channel_mult="1,2", attention_resolutions="8", cond_dim=4)
+    m = build(**flags)
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    given = {k: v for k, v in m.flags.items() if k != "norm_groups"}
+    resolved, assumed = resolve_flags(state, given, tmp_path / "old.pt")
+    assert resolved["norm_groups"] == 32 and assumed == {}
+    resolved, assumed = resolve_flags(state, {**given, "norm_groups": 8}, tmp_path / "new.pt")
+    assert resolved["norm_groups"] == 8 and assumed == {}

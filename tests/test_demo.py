@@ -73,19 +73,19 @@ def test_model_card_faithfulness_is_clearly_better_than_chance():
         card = json.loads((S.WEIGHTS_DIR / name).with_suffix(".json").read_text())["model_card"]
         f = card["faithfulness"]
         assert card["faithfulness_eval"]["sampler"] == EVAL["sampler"]
-        # The shipped RCDMs are small and CPU-trained (see rcdm_demo.recipe): better than chance, by a modest
-        # margin (mean rank 0.88 and 0.81 of the shuffled baseline's when they were made).
-        assert f["mean_rank"] < 0.9 * f["shuffled"]["mean_rank"], (name, f)
+        # "Clearly better" than the shuffled-condition baseline: under half its mean rank (0.26 and 0.27 when the
+        # shipped RCDMs were made; 0.88 and 0.81 for the previous, 32-group weights).
+        assert f["mean_rank"] < 0.5 * f["shuffled"]["mean_rank"], (name, f)
         assert f["cosine"] > f["shuffled"]["cosine"]
 
 
 def test_faithfulness_of_the_shipped_weights_recomputed_beats_shuffled(manager, tmp_path):
-    settings = S.DemoSettings("dpm-solver++:10,spacing=leading", 32, 1, 64, (), 2, 1, {})
+    settings = S.DemoSettings(S.FULL.sampler, 32, 1, 64, (), 2, 1, {})
     raw = S.demo_raw(tmp_path, settings=settings, device="cpu", progress=False)
     raw["probes"], raw["probe"] = ["faithfulness"], {}
     doc = json.loads((execute(build_config(raw)) / "metrics.json").read_text())
     for arm, m in doc["probes"]["faithfulness"]["metrics"].items():
-        assert m["mean_rank"] < 0.9 * m["shuffled"]["mean_rank"], (arm, m)  # 0.84 and 0.81 when written
+        assert m["mean_rank"] < 0.5 * m["shuffled"]["mean_rank"], (arm, m)  # 0.30 and 0.27 when written
         assert m["cosine"] > m["shuffled"]["cosine"]
 
 

@@ -155,6 +155,8 @@ def resolve_flags(
     for key in NOT_IN_STATE:
         if key not in flags and key not in assumed:
             assumed[key] = RELEASE_FLAGS[key]
+    if set(assumed) == {"norm_groups"}:  # a sidecar from before the flag existed: 32 was the only value then
+        flags["norm_groups"] = assumed.pop("norm_groups")
     flags.update(assumed)
     if "attention_resolutions" not in flags:
         flags["attention_resolutions"] = ",".join(str(flags["image_size"] // ds) for ds in attn_ds)

@@ -34,7 +34,7 @@ from .progress import say
 
 # How the model cards' faithfulness numbers are measured (the faithfulness probe, both arms).
 EVAL = {
-    "sampler": "dpm-solver++:20,spacing=leading",
+    "sampler": "ddpm:20,spacing=leading",
     "n_images": 32,
     "n_samples": 2,
     "reference_limit": 256,
