@@ -449,7 +449,7 @@ def test_one_channel_per_group_cannot_carry_a_per_image_constant_to_the_output()
     assert (four(h) - four(h + shift)).abs().max() > 0.1
 
 
-def test_a_sidecar_without_norm_groups_loads_with_32_silently(tmp_path, capsys):
+def test_a_sidecar_without_norm_groups_loads_with_32_silently(tmp_path):
     # Sidecars written before the flag existed give every other flag; 32 groups was the only choice then.
     flags = dict(image_size=16, num_channels=32, channel_mult="1,2", attention_resolutions="8", cond_dim=4)
     m = build(**flags)

@@ -17,7 +17,7 @@ import torch
 from rcdm_demo import recipe as R
 from rcdm_demo import settings as S
 from rcdm_demo.reading import findings_reading
-from rcdm_demo.retrain import EVAL, comparison, concrete, read_cards, sha256
+from rcdm_demo.retrain import EVAL, comparison, concrete, read_cards, sha256, train_threads
 
 import rcdm_core as rc
 from rcdm_core.cli import main
@@ -136,3 +136,11 @@ def test_retrain_fast_shrinks_steps_and_comparison_lists_both_columns():
     }
     text = comparison({"a.pt": card}, {"a.pt": {"model_card": {"final_loss": 0.25}}})
     assert "0.5" in text and "0.25" in text and "mean rank" in text
+
+
+def test_model_card_threads_are_what_the_training_subprocesses_get(monkeypatch):
+    # The cards once recorded the evaluating process's thread count (2) for RCDMs trained with 1.
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert train_threads("cpu") == "1" and train_threads("auto") == "1"
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert train_threads("cpu") == "3"

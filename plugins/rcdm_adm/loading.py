@@ -34,6 +34,10 @@ RELEASE_NUM_TENSORS = 494
 NOT_IN_STATE = ("image_size", "num_heads", "num_head_channels", "use_new_attention_order", "diffusion_steps",
                 "noise_schedule", "norm_groups")  # fmt: skip
 
+# Flags added after our sidecars were first written. A sidecar gives every other flag of NOT_IN_STATE; one that
+# lacks these predates them, when the release value was the only one, so they take it without a warning.
+ADDED_LATER = ("norm_groups",)
+
 FLAG_NAMES = tuple(p for p in inspect.signature(ADMUNet.__init__).parameters if p != "self")
 
 
@@ -152,11 +156,14 @@ def resolve_flags(
             raise rc.CheckpointError(
                 f"{path}: the file does not tell its image size and has no sidecar; pass image_size (--image-size)"
             )
+    from_sidecar = all(key in given for key in NOT_IN_STATE if key not in ADDED_LATER)
     for key in NOT_IN_STATE:
-        if key not in flags and key not in assumed:
+        if key in flags or key in assumed:
+            continue
+        if from_sidecar and key in ADDED_LATER:
+            flags[key] = RELEASE_FLAGS[key]
+        else:
             assumed[key] = RELEASE_FLAGS[key]
-    if set(assumed) == {"norm_groups"}:  # a sidecar from before the flag existed: 32 was the only value then
-        flags["norm_groups"] = assumed.pop("norm_groups")
     flags.update(assumed)
     if "attention_resolutions" not in flags:
         flags["attention_resolutions"] = ",".join(str(flags["image_size"] // ds) for ds in attn_ds)

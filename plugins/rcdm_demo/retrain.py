@@ -77,9 +77,7 @@ def run_commands(commands: list[list[str]], device: str) -> None:
     """``rcdm ARGS`` for each command, side by side as subprocesses (``python -m rcdm_core ARGS --device D``);
     stops on the first failure. On CPU each gets one thread unless OMP_NUM_THREADS is set: on a 2-core machine
     the two RCDMs then train at once, and a busy machine does not slow small tensor operations to a crawl."""
-    env = dict(os.environ)
-    if device != "cuda":
-        env.setdefault("OMP_NUM_THREADS", "1")
+    env = {**os.environ, "OMP_NUM_THREADS": train_threads(device)} if device != "cuda" else dict(os.environ)
     procs = []
     for argv in commands:
         say("running: " + shlex.join(argv))
@@ -93,6 +91,11 @@ def run_commands(commands: list[list[str]], device: str) -> None:
             raise RcdmError(
                 f"the recorded command failed with exit code {proc.returncode}: {shlex.join(argv)}"
             )
+
+
+def train_threads(device: str) -> str:
+    """The OMP_NUM_THREADS the training subprocesses get on CPU: the caller's, else 1."""
+    return os.environ.get("OMP_NUM_THREADS", "1") if device != "cuda" else str(torch.get_num_threads())
 
 
 def final_loss(produced: Path) -> float | None:
@@ -128,7 +131,7 @@ def collect(name: str, argv: list[str], template: list[str], out: Path, device: 
         "steps": int(R.option(argv, "--steps")),
         "seed": int(R.option(argv, "--seed") or 0),
         "final_loss": final_loss(produced),
-        "threads": os.environ.get("OMP_NUM_THREADS", str(torch.get_num_threads())),
+        "threads": train_threads(device),
         "device": device,
         "torch": torch.__version__,
         "git_commit": _git_commit(),
@@ -184,18 +187,19 @@ def retrain(out: Path, fast: bool = False, device: str = "auto", weights_dir: Pa
     shipped = read_cards(weights_dir)
     cards: dict[str, dict[str, Any]] = {}
     with demo_session(1):
-        todo = {name: concrete(t, out, fast) for name, t in templates(shipped).items()}
+        recorded = templates(shipped)
+        todo = {name: concrete(t, out, fast) for name, t in recorded.items()}
+        missing = {}
         for name, argv in todo.items():
             if Path(R.produced_file(argv)).exists():
                 say(f"{name}: {R.produced_file(argv)} exists, not trained again (delete {out} to start over)")
-        missing = {n: a for n, a in todo.items() if not Path(R.produced_file(a)).exists()}
+            else:
+                missing[name] = argv
         # the encoder first (the RCDMs read it), then both RCDMs side by side
-        first = [a for n, a in missing.items() if n == S.ENCODER_FILE]
-        run_commands(first, device)
+        run_commands([a for n, a in missing.items() if n == S.ENCODER_FILE], device)
         run_commands([a for n, a in missing.items() if n != S.ENCODER_FILE], device)
         for name, argv in todo.items():
-            template = templates(shipped)[name]
-            cards[name] = collect(name, argv, template, out, device)
+            cards[name] = collect(name, argv, recorded[name], out, device)
             atomic_write_json((out / "weights" / name).with_suffix(".json"), cards[name])
         say("evaluating faithfulness of both RCDMs (as the model cards were)")
         metrics = evaluate(out / "weights", out, fast, device)
